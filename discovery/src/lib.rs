@@ -1,0 +1,12 @@
+//! wharf's service catalog: Consul's data model (nodes, services, checks, KV) replicated
+//! with openraft, served over Consul's HTTP API v1.
+//!
+//! Layers, from pure to wired: `model` and `command` (data), `state` (the state machine's
+//! pure core), `store` (durable Raft log and state machine on redb), `raft` (types,
+//! network, node), `catalog` (read handle + writer), `api` (axum router).
+
+pub mod command;
+pub mod decode;
+pub mod duration;
+pub mod model;
+pub mod state;
