@@ -10,3 +10,6 @@ pub mod decode;
 pub mod duration;
 pub mod model;
 pub mod state;
+pub mod catalog;
+pub mod raft;
+pub mod store;

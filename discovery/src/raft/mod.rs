@@ -1,0 +1,4 @@
+//! Raft wiring: openraft's type configuration, the HTTP transport between servers on the
+//! Raft port, and the node that ties log store, state machine and network together.
+
+pub mod types;
