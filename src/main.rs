@@ -1,1 +1,136 @@
-fn main() {}
+//! `wharf`: one binary for a Raft-replicated service catalog with Consul's HTTP API, and
+//! (in later stages) health checks, DNS, templates and an L7 proxy.
+//!
+//! `main` stays synchronous: the agent builds its own runtime (Pingora will want to own
+//! its runtimes too), and client commands run on a small one of their own.
+
+mod agent;
+mod cli;
+mod config_dir;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "wharf", version, about = "Service discovery, health checks and a reload-free proxy in one binary")]
+struct Cli {
+    /// HTTP API address of the agent to talk to (also WHARF_HTTP_ADDR or CONSUL_HTTP_ADDR).
+    #[arg(long = "http-addr", global = true, value_name = "ADDR")]
+    http_addr: Option<String>,
+    /// Log filter (e.g. info, debug, discovery=debug); also RUST_LOG.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent: catalog server, HTTP API and Raft.
+    Agent(Box<agent::AgentArgs>),
+    /// List the cluster's members.
+    Members,
+    /// Read the catalog.
+    Catalog {
+        #[command(subcommand)]
+        cmd: cli::CatalogCmd,
+    },
+    /// Register or deregister services on the local agent.
+    Services {
+        #[command(subcommand)]
+        cmd: cli::ServicesCmd,
+    },
+    /// Read and write the key/value store.
+    Kv {
+        #[command(subcommand)]
+        cmd: cli::KvCmd,
+    },
+    /// Show the agent's identity and Raft state.
+    Info,
+    /// Re-read --config-dir definitions on the agent.
+    Reload,
+    /// Make the agent leave the cluster and stop.
+    Leave,
+}
+
+/// Accepts consul's single-dash long flags (`-recurse`, `-http-addr=x`) by rewriting
+/// them to clap's `--recurse`. Stops at `--`, after which arguments are taken verbatim.
+fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut verbatim = false;
+    for a in args {
+        if verbatim {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            verbatim = true;
+            out.push(a);
+            continue;
+        }
+        let bytes = a.as_bytes();
+        if bytes.len() > 2 && bytes[0] == b'-' && bytes[1] != b'-' && bytes[1].is_ascii_alphabetic() {
+            let name_len = a[1..].find('=').unwrap_or(a.len() - 1);
+            if name_len > 1 {
+                out.push(format!("-{a}"));
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run_client(c: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = cli::Client::new(cli::api_base(c.http_addr.as_deref()));
+    runtime.block_on(async {
+        match c.cmd {
+            Cmd::Agent(_) => unreachable!("handled in main"),
+            Cmd::Members => cli::members(&client).await,
+            Cmd::Catalog { cmd } => cli::catalog(&client, cmd).await,
+            Cmd::Services { cmd } => cli::services(&client, cmd).await,
+            Cmd::Kv { cmd } => cli::kv(&client, cmd).await,
+            Cmd::Info => cli::info(&client).await,
+            Cmd::Reload => cli::reload(&client).await,
+            Cmd::Leave => cli::leave(&client).await,
+        }
+    })
+}
+
+fn main() {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let result = match cli.cmd {
+        Cmd::Agent(args) => {
+            init_logging(&cli.log_level);
+            agent::run(*args)
+        }
+        _ => run_client(cli),
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_args;
+
+    #[test]
+    fn single_dash_long_flags_become_double_dash() {
+        let args = ["wharf", "kv", "get", "-recurse", "-http-addr=127.0.0.1:1", "-x", "key", "--", "-raw"];
+        let out = normalize_args(args.iter().map(|s| s.to_string()));
+        assert_eq!(out, ["wharf", "kv", "get", "--recurse", "--http-addr=127.0.0.1:1", "-x", "key", "--", "-raw"]);
+    }
+}

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod duration;
 pub mod model;
 pub mod state;
+pub mod api;
 pub mod catalog;
 pub mod raft;
 pub mod store;

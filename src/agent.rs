@@ -1,0 +1,333 @@
+//! `wharf agent`: wires the catalog's Raft node, the Raft port, the HTTP API and the
+//! config-dir loader into one process, and supervises them (signals, reload, leave).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use discovery::api::{self, AgentControl, AgentInfo, ApiState};
+use discovery::catalog::Cluster;
+use discovery::command::Command;
+use discovery::model::{CheckStatus, HealthCheck};
+use discovery::raft::network;
+use discovery::raft::node::{RaftNode, RaftSettings};
+use discovery::store::raft_id_from_uuid;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// Options of `wharf agent`. Durations and sizes state their unit.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Single-node development mode: bootstrap a one-server cluster on loopback.
+    /// This is also what `wharf agent` does when neither --server nor --retry-join is given.
+    #[arg(long)]
+    pub dev: bool,
+    /// Run as a voting server (clients join as non-voting learners).
+    #[arg(long)]
+    pub server: bool,
+    /// Number of servers to wait for before bootstrapping the cluster (1 = alone).
+    #[arg(long, value_name = "N")]
+    pub bootstrap_expect: Option<usize>,
+    /// Raft address (host[:port]) of a server to join; repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub retry_join: Vec<String>,
+    /// Directory for the Raft log, snapshots and node identity (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node name (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Datacenter name.
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
+    /// Address other nodes and clients reach this agent at (default: the bind address,
+    /// or 127.0.0.1 when binding all interfaces).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Address the Raft port binds to.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Raft port (server-to-server traffic; authenticated by the cluster key).
+    #[arg(long, default_value_t = 8300)]
+    pub raft_port: u16,
+    /// Address the HTTP API binds to.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub client: IpAddr,
+    /// HTTP API port.
+    #[arg(long, default_value_t = 8500)]
+    pub http_port: u16,
+    /// Shared secret every member of the cluster presents on the Raft port. Generated
+    /// and kept in the data dir when not given (single node only).
+    #[arg(long, env = "WHARF_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+    /// Directory of service definitions (Consul JSON); repeatable. Re-read on SIGHUP and
+    /// `wharf reload`.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Vec<PathBuf>,
+    /// Raft log entries between two snapshots.
+    #[arg(long, default_value_t = 8192)]
+    pub raft_snapshot_threshold: u64,
+}
+
+/// The agent's settings after defaults and validation.
+struct Resolved {
+    info: AgentInfo,
+    raft: RaftSettings,
+    http_addr: SocketAddr,
+    raft_bind: SocketAddr,
+    data_dir: PathBuf,
+    config_dirs: Vec<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WHARF_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("wharf");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/wharf"),
+        None => PathBuf::from("wharf-data"),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "wharf".to_string())
+}
+
+/// Reads a value kept in the data dir, creating it with `make` the first time.
+fn persistent_value(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let v = make();
+            std::fs::write(path, &v).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(v)
+        }
+    }
+}
+
+fn with_default_port(addr: &str, port: u16) -> String {
+    if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+fn resolve(args: &AgentArgs) -> Result<Resolved> {
+    let joining = !args.retry_join.is_empty();
+    let bootstrap_expect = match (args.dev, args.server, args.bootstrap_expect, joining) {
+        (true, _, Some(n), _) if n != 1 => bail!("--dev runs a single server; drop --bootstrap-expect {n}"),
+        (true, _, _, true) => bail!("--dev runs alone; drop --retry-join or --dev"),
+        (true, _, _, _) => 1,
+        (false, _, Some(0), _) => bail!("--bootstrap-expect must be at least 1"),
+        (false, _, Some(n), _) => n,
+        // A server or client that only joins.
+        (false, _, None, true) => 0,
+        // Plain `wharf agent`: the embedded single-node default.
+        (false, _, None, false) => 1,
+    };
+    let voter = args.server || args.dev || bootstrap_expect > 0;
+    if bootstrap_expect > 1 && !joining {
+        bail!("--bootstrap-expect {bootstrap_expect} needs --retry-join with the other servers' addresses");
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}: choose another with --data-dir", data_dir.display()))?;
+    let node_uuid = persistent_value(&data_dir.join("node-id"), || uuid::Uuid::new_v4().to_string())?;
+    let node_uuid: uuid::Uuid = node_uuid
+        .parse()
+        .with_context(|| format!("{} does not hold a UUID; delete it to get a new node ID", data_dir.join("node-id").display()))?;
+    let cluster_key = match &args.cluster_key {
+        Some(k) if k.len() < 16 => bail!("--cluster-key must be at least 16 characters"),
+        Some(k) => k.clone(),
+        None if joining || bootstrap_expect > 1 => {
+            bail!("a cluster needs a shared secret: pass the same --cluster-key (or WHARF_CLUSTER_KEY) to every member")
+        }
+        None => persistent_value(&data_dir.join("cluster-key"), || {
+            (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+        })?,
+    };
+    let advertise = match args.advertise {
+        Some(ip) => ip,
+        None if args.bind.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        None => args.bind,
+    };
+    let node_name = args.node.clone().unwrap_or_else(hostname);
+    let raft_addr = SocketAddr::new(advertise, args.raft_port).to_string();
+    let http_addr = SocketAddr::new(args.client, args.http_port);
+    let info = AgentInfo {
+        node_name,
+        node_id: node_uuid.to_string(),
+        datacenter: args.datacenter.clone(),
+        advertise: advertise.to_string(),
+        raft_addr: raft_addr.clone(),
+        http_addr: http_addr.to_string(),
+        server: voter,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        data_dir: data_dir.display().to_string(),
+    };
+    let raft = RaftSettings {
+        node_id: raft_id_from_uuid(&node_uuid),
+        raft_addr,
+        data_dir: data_dir.clone(),
+        cluster_key,
+        bootstrap_expect,
+        retry_join: args.retry_join.iter().map(|a| with_default_port(a, 8300)).collect(),
+        voter,
+        snapshot_threshold: args.raft_snapshot_threshold,
+    };
+    Ok(Resolved {
+        info,
+        raft,
+        http_addr,
+        raft_bind: SocketAddr::new(args.bind, args.raft_port),
+        data_dir,
+        config_dirs: args.config_dir.clone(),
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}: is another agent running? choose another port"))
+}
+
+/// Registers this agent's node and its liveness check (Consul's serfHealth), retrying
+/// until a leader accepts it.
+async fn register_self(cluster: &dyn Cluster, info: &AgentInfo, mut stop: watch::Receiver<bool>) {
+    let check = HealthCheck {
+        node: info.node_name.clone(),
+        check_id: "serfHealth".into(),
+        name: "Serf Health Status".into(),
+        status: CheckStatus::Passing,
+        output: "Agent alive and reachable".into(),
+        ..Default::default()
+    };
+    let cmd = Command::Register {
+        node: info.self_node(),
+        service: None,
+        checks: vec![check],
+        skip_node_update: false,
+        replace_service_checks: false,
+    };
+    loop {
+        match cluster.write(cmd.clone()).await {
+            Ok(_) => return,
+            Err(e) => tracing::info!("waiting for the cluster before registering this node: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+pub fn run(args: AgentArgs) -> Result<()> {
+    let r = resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wharf")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(r))
+}
+
+async fn serve(r: Resolved) -> Result<()> {
+    // Bind both ports first, so a busy port fails the start loudly.
+    let raft_listener = bind(r.raft_bind, "Raft port").await?;
+    let http_listener = bind(r.http_addr, "HTTP API").await?;
+    let (node, catalog) = RaftNode::start(r.raft.clone()).await.map_err(|e| anyhow!("{e}"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let raft_router = network::router(node.clone());
+    let mut raft_stop = stop_rx.clone();
+    let raft_server = tokio::spawn(async move {
+        axum::serve(raft_listener, raft_router)
+            .with_graceful_shutdown(async move {
+                let _ = raft_stop.changed().await;
+            })
+            .await
+    });
+    tokio::spawn(node.clone().bootstrap_or_join());
+
+    let info = Arc::new(r.info.clone());
+    let (control_tx, mut control_rx) = mpsc::channel(8);
+    let cluster: Arc<dyn Cluster> = node.clone();
+    let state = ApiState { catalog, cluster: cluster.clone(), agent: info.clone(), control: control_tx };
+    let mut http_stop = stop_rx.clone();
+    let http_server = tokio::spawn(async move {
+        axum::serve(http_listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    tracing::info!(
+        node = %info.node_name, http = %info.http_addr, raft = %info.raft_addr, data_dir = %info.data_dir,
+        "wharf agent started"
+    );
+
+    register_self(cluster.as_ref(), &info, stop_rx.clone()).await;
+    let reload = |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, dirs: Vec<PathBuf>, data_dir: PathBuf| async move {
+        if dirs.is_empty() {
+            return Ok("no --config-dir given; nothing to reload".to_string());
+        }
+        crate::config_dir::sync(&dirs, &data_dir, &info, cluster.as_ref()).await
+    };
+    if !r.config_dirs.is_empty() {
+        let summary = reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone())
+            .await
+            .context("loading --config-dir")?;
+        tracing::info!("{summary}");
+    }
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone()).await {
+                    Ok(s) => tracing::info!("SIGHUP: {s}"),
+                    Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {e:#}"),
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); break; }
+            msg = control_rx.recv() => match msg {
+                Some(AgentControl::Reload(reply)) => {
+                    let res = reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone())
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    if let Err(e) = &res { tracing::error!("reload failed, catalog unchanged: {e}"); }
+                    let _ = reply.send(res);
+                }
+                Some(AgentControl::Leave(reply)) => {
+                    tracing::info!("leave requested: leaving the cluster");
+                    if let Err(e) = node.leave().await { tracing::warn!("graceful leave: {e}"); }
+                    let _ = reply.send(());
+                    // Let the HTTP answer go out before the listener closes.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_server).await;
+    node.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), raft_server).await;
+    Ok(())
+}
