@@ -151,6 +151,14 @@ fn json_bool(b: bool) -> Response {
     ([("content-type", "application/json")], if b { "true" } else { "false" }).into_response()
 }
 
+/// A write's answer, carrying the Raft index it was committed at (a wharf extension:
+/// Consul sends no index on writes; clients that do not look for it are unaffected).
+fn written_bool(w: &Written) -> Response {
+    let mut r = json_bool(w.outcome == Outcome::Applied);
+    r.headers_mut().insert("x-consul-index", HeaderValue::from(w.index));
+    r
+}
+
 fn check_dc(st: &ApiState, p: &Params) -> Result<(), ApiError> {
     match p.get("dc") {
         Some(dc) if !dc.is_empty() && dc != st.agent.datacenter => {
@@ -664,7 +672,7 @@ async fn kv_put(st: ApiState, key: String, raw: Option<String>, body: Bytes) -> 
         )));
     }
     let w = write(&st, Command::KvSet { key, value: body.to_vec(), flags, cas }).await?;
-    Ok(json_bool(w.outcome == Outcome::Applied))
+    Ok(written_bool(&w))
 }
 
 async fn kv_delete(st: ApiState, key: String, raw: Option<String>) -> ApiResult {
@@ -679,7 +687,7 @@ async fn kv_delete(st: ApiState, key: String, raw: Option<String>) -> ApiResult 
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
     let w = write(&st, Command::KvDelete { key, recurse, cas }).await?;
-    Ok(json_bool(w.outcome == Outcome::Applied))
+    Ok(written_bool(&w))
 }
 
 async fn kv_get_key(State(st): State<ApiState>, Path(key): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {

@@ -1,0 +1,106 @@
+//! Three servers on loopback, formed by configuration alone (--bootstrap-expect 3 and
+//! --retry-join): writes to followers are forwarded to the leader, every server reads
+//! them, the cluster survives losing its leader, and the Raft port refuses peers without
+//! the cluster key.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Agent, Api, free_port, wait_for};
+
+const KEY: &str = "test-cluster-key-0123456789";
+
+async fn leader_of(api: &Api) -> String {
+    api.get("/v1/status/leader").await.body.trim_matches('"').to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_forward_writes_and_survive_losing_the_leader() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let raft_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let joins: Vec<String> = raft_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            let mut extra = vec!["--cluster-key".to_string(), KEY.to_string()];
+            for j in &joins {
+                extra.push("--retry-join".into());
+                extra.push(j.clone());
+            }
+            let mut a = Agent::new(tmp.path().join(format!("s{i}")), &format!("server-{i}"), extra, None);
+            a.raft_port = raft_ports[i];
+            a
+        })
+        .collect();
+    for a in &mut agents {
+        a.start(&["--server", "--bootstrap-expect", "3"]);
+    }
+    for a in &agents {
+        a.wait_ready().await;
+    }
+    let apis: Vec<Api> = agents.iter().map(Api::new).collect();
+    let leader = leader_of(&apis[0]).await;
+    for api in &apis {
+        assert_eq!(leader_of(api).await, leader, "every server agrees on the leader");
+        assert_eq!(api.get_json("/v1/status/peers").await.0.as_array().map(Vec::len), Some(3));
+    }
+    let leader_i = raft_ports.iter().position(|p| leader.ends_with(&format!(":{p}"))).expect("leader is one of ours");
+    let follower_i = (leader_i + 1) % 3;
+
+    // A write to a follower is forwarded to the leader and readable everywhere.
+    let r = apis[follower_i].put_ok("/v1/kv/cluster/key", "from-follower").await;
+    assert_eq!(r.body, "true");
+    for api in &apis {
+        let (e, _) = api.get_json("/v1/kv/cluster/key?stale").await;
+        assert_eq!(e[0]["Value"], "ZnJvbS1mb2xsb3dlcg==");
+    }
+    apis[follower_i]
+        .put_ok("/v1/agent/service/register", r#"{"Name":"web","ID":"web-f","Port":80}"#)
+        .await;
+    let (nodes, _) = apis[leader_i].get_json("/v1/catalog/nodes").await;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "all three servers registered: {nodes}");
+    // ?consistent on a follower asks the leader for a read index.
+    let (e, _) = apis[follower_i].get_json("/v1/kv/cluster/key?consistent").await;
+    assert_eq!(e[0]["Value"], "ZnJvbS1mb2xsb3dlcg==");
+
+    // Lose the leader: the two others elect a new one and keep taking writes.
+    agents[leader_i].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader_i).collect();
+    wait_for("a new leader", Duration::from_secs(20), || async {
+        let l = leader_of(&apis[survivors[0]]).await;
+        !l.is_empty() && l != leader
+    })
+    .await;
+    for i in &survivors {
+        let r = apis[*i].put(&format!("/v1/kv/after/{i}"), "ok").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "true"), "write via survivor {i}");
+    }
+    for i in &survivors {
+        wait_for("replicated writes", Duration::from_secs(5), || async {
+            let r = apis[*i].get("/v1/kv/after/?recurse&stale").await;
+            r.status == 200 && r.json().as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+    }
+
+    // The old leader comes back and catches up.
+    agents[leader_i].start(&["--server", "--bootstrap-expect", "3"]);
+    agents[leader_i].wait_ready().await;
+    wait_for("restarted server catches up", Duration::from_secs(10), || async {
+        let r = apis[leader_i].get("/v1/kv/after/?recurse&stale").await;
+        r.status == 200 && r.json().as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+
+    // The Raft port refuses anyone without the key.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/raft/info", raft_ports[survivors[0]]);
+    let no_key = client.get(&url).send().await.expect("request");
+    assert_eq!(no_key.status(), 403);
+    let wrong = client.get(&url).header("x-wharf-cluster-key", "wrong-key-wrong-key").send().await.expect("request");
+    assert_eq!(wrong.status(), 403);
+    let right = client.get(&url).header("x-wharf-cluster-key", KEY).send().await.expect("request");
+    assert_eq!(right.status(), 200);
+    let info: Value = right.json().await.expect("json");
+    assert_eq!(info["initialized"], true);
+}

@@ -1,0 +1,100 @@
+//! Service definitions in Consul's JSON format from --config-dir: loaded at start,
+//! re-read on SIGHUP and `wharf reload`; a bad file is refused and changes nothing.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Agent, Api, wait_for};
+
+fn service_ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn config_dir_loads_and_reloads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("conf.d");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    // Consul's config-file style: lowercase / snake_case keys.
+    std::fs::write(
+        conf.join("web.json"),
+        r#"{"service": {"name": "web", "id": "web-1", "port": 8080, "tags": ["a"], "enable_tag_override": true,
+             "meta": {"team_name": "core"},
+             "check": {"id": "web-http", "http": "http://127.0.0.1:8080/", "interval": "10s", "timeout": "1s",
+                       "deregister_critical_service_after": "90s"}}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        conf.join("more.json"),
+        r#"{"services": [{"name": "api", "port": 9000}, {"name": "db", "id": "db-1", "port": 5432,
+             "checks": [{"name": "db ttl", "ttl": "30s"}]}]}"#,
+    )
+    .expect("write");
+    std::fs::write(conf.join("README.txt"), "not a definition").expect("write");
+
+    let mut agent = Agent::new(
+        tmp.path().join("data"),
+        "node-1",
+        vec!["--config-dir".into(), conf.to_str().expect("utf8").into()],
+        None,
+    );
+    agent.start(&["--dev"]);
+    agent.wait_ready().await;
+    let api = Api::new(&agent);
+    wait_for("config dir services", Duration::from_secs(10), || async {
+        service_ids(&api.get_json("/v1/agent/services").await.0) == ["api", "db-1", "web-1"]
+    })
+    .await;
+    let (services, _) = api.get_json("/v1/agent/services").await;
+    assert_eq!(services["web-1"]["EnableTagOverride"], true);
+    assert_eq!(services["web-1"]["Meta"]["team_name"], "core");
+    let (checks, _) = api.get_json("/v1/agent/checks").await;
+    assert_eq!(checks["web-http"]["Definition"]["DeregisterCriticalServiceAfter"], "90s");
+    assert_eq!(checks["service:db-1"]["Type"], "ttl");
+
+    // SIGHUP: a removed file deregisters, an edited one updates.
+    std::fs::remove_file(conf.join("more.json")).expect("rm");
+    std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "id": "web-1", "port": 8081}}"#).expect("write");
+    agent.signal("-HUP");
+    wait_for("SIGHUP reload", Duration::from_secs(10), || async {
+        let (s, _) = api.get_json("/v1/agent/services").await;
+        service_ids(&s) == ["web-1"] && s["web-1"]["Port"] == 8081
+    })
+    .await;
+    let (checks, _) = api.get_json("/v1/agent/checks").await;
+    assert!(checks.get("web-http").is_none(), "checks dropped from the file are removed: {checks}");
+
+    // `wharf reload`.
+    std::fs::write(conf.join("cache.json"), r#"{"service": {"name": "cache", "port": 6379}}"#).expect("write");
+    let out = agent.cli(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(service_ids(&api.get_json("/v1/agent/services").await.0), ["cache", "web-1"]);
+
+    // A bad file: reload fails loudly and nothing changes.
+    std::fs::write(conf.join("broken.json"), r#"{"service": {"name": "x", "port": 99999}}"#).expect("write");
+    std::fs::write(conf.join("zz.json"), r#"{"service": {"name": "late", "port": 1}}"#).expect("write");
+    let before = api.get("/v1/agent/services").await.body;
+    let out = agent.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.json") && err.contains("65535"), "{err}");
+    assert_eq!(api.get("/v1/agent/services").await.body, before, "a failed reload changes nothing");
+
+    // A bad file at start: the agent refuses to start, naming the file.
+    agent.kill9();
+    agent.start(&["--dev"]);
+    assert!(agent.wait_exit(Duration::from_secs(20)).await, "agent must exit on an invalid config dir");
+    assert!(agent.log_text().contains("broken.json"), "{}", agent.log_text());
+
+    // Fixed, the agent starts again and the registrations persist and follow the files.
+    std::fs::remove_file(conf.join("broken.json")).expect("rm");
+    agent.start(&["--dev"]);
+    agent.wait_ready().await;
+    wait_for("restart with fixed dir", Duration::from_secs(10), || async {
+        service_ids(&api.get_json("/v1/agent/services").await.0) == ["cache", "late", "web-1"]
+    })
+    .await;
+}

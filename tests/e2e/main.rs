@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `wharf` binary on loopback with temp data dirs.
+
+mod api;
+mod bad_input;
+mod blocking;
+mod cli;
+mod cluster;
+mod config_dir;
+mod crash;
+mod harness;
+mod python_client;
