@@ -144,9 +144,9 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}: choose another with --data-dir", data_dir.display()))?;
     let node_uuid = persistent_value(&data_dir.join("node-id"), || uuid::Uuid::new_v4().to_string())?;
-    let node_uuid: uuid::Uuid = node_uuid
-        .parse()
-        .with_context(|| format!("{} does not hold a UUID; delete it to get a new node ID", data_dir.join("node-id").display()))?;
+    let node_uuid: uuid::Uuid = node_uuid.parse().with_context(|| {
+        format!("{} does not hold a UUID; delete it to get a new node ID", data_dir.join("node-id").display())
+    })?;
     let cluster_key = match &args.cluster_key {
         Some(k) if k.len() < 16 => bail!("--cluster-key must be at least 16 characters"),
         Some(k) => k.clone(),
@@ -197,9 +197,9 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what}: is another agent running? choose another port"))
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for the {what}: is another agent running? choose another port")
+    })
 }
 
 /// Registers this agent's node and its liveness check (Consul's serfHealth), retrying

@@ -95,10 +95,9 @@ impl Client {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the wharf agent at {}: is it running? (set -http-addr)", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!("cannot reach the wharf agent at {}: is it running? (set -http-addr)", self.base)
+        })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.context("reading the agent's answer")?.to_vec();
         Ok((status, bytes))
@@ -139,12 +138,16 @@ fn print_table(rows: Vec<Vec<String>>) {
 }
 
 fn key_path(key: &str) -> String {
-    key.split('/').map(|seg| form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>()).collect::<Vec<_>>().join("/")
+    key.split('/')
+        .map(|seg| form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 pub async fn members(c: &Client) -> Result<()> {
     let v = c.json("/v1/agent/members").await?;
-    let mut rows = vec![vec!["Node".into(), "Address".into(), "Status".into(), "Type".into(), "Build".into(), "DC".into()]];
+    let mut rows =
+        vec![vec!["Node".into(), "Address".into(), "Status".into(), "Type".into(), "Build".into(), "DC".into()]];
     for m in v.as_array().into_iter().flatten() {
         let status = match m["Status"].as_u64() {
             Some(1) => "alive",
@@ -193,7 +196,8 @@ pub async fn services(c: &Client, cmd: ServicesCmd) -> Result<()> {
     match cmd {
         ServicesCmd::Register { file } => {
             let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let v: Value = serde_json::from_slice(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", file.display()))?;
+            let v: Value =
+                serde_json::from_slice(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", file.display()))?;
             // Accept {"service": {...}}, {"services": [...]} (any key case) or a bare service.
             let mut defs = Vec::new();
             if let Value::Object(map) = &v {
@@ -267,7 +271,8 @@ pub async fn kv(c: &Client, cmd: KvCmd) -> Result<()> {
         KvCmd::Put { key, value, cas, modify_index, flags } => {
             let mut q = Vec::new();
             if cas {
-                let idx = modify_index.ok_or_else(|| anyhow!("-cas needs -modify-index N (0 writes only if the key is absent)"))?;
+                let idx = modify_index
+                    .ok_or_else(|| anyhow!("-cas needs -modify-index N (0 writes only if the key is absent)"))?;
                 q.push(format!("cas={idx}"));
             }
             if let Some(f) = flags {

@@ -33,8 +33,9 @@ struct Registered {
 fn json_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for dir in dirs {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read config dir {}: check that it exists and is readable", dir.display()))?;
+        let entries = std::fs::read_dir(dir).with_context(|| {
+            format!("cannot read config dir {}: check that it exists and is readable", dir.display())
+        })?;
         for entry in entries {
             let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
             if path.extension().is_some_and(|e| e == "json") && path.is_file() {

@@ -89,10 +89,8 @@ fn init_logging(level: &str) {
 }
 
 fn run_client(c: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let client = cli::Client::new(cli::api_base(c.http_addr.as_deref()));
     runtime.block_on(async {
         match c.cmd {

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckStatus, HealthCheck, Node, Service, b64};
 
+// Commands are built once and moved into the log; boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Upsert a node, optionally one service and checks on it (catalog register, agent

@@ -16,13 +16,53 @@ use crate::model::{CheckDefinition, CheckStatus, HealthCheck, Node, Service, Wei
 /// Field names whose canonical spelling differs from plain PascalCase, or that appear in
 /// request bodies. Keys are compared lower-cased with `_` and `-` removed.
 const CANONICAL_KEYS: &[&str] = &[
-    "ID", "Name", "Tags", "Address", "Port", "Meta", "Weights", "Passing", "Warning",
-    "EnableTagOverride", "Check", "Checks", "CheckID", "Notes", "Status", "Output", "ServiceID",
-    "ServiceName", "HTTP", "Header", "Method", "Body", "TLSSkipVerify", "TCP", "TTL", "GRPC",
-    "GRPCUseTLS", "Args", "Wasm", "Module", "Config", "Interval", "Timeout",
-    "DeregisterCriticalServiceAfter", "SuccessBeforePassing", "FailuresBeforeWarning",
-    "FailuresBeforeCritical", "Node", "Datacenter", "TaggedAddresses", "NodeMeta", "Service",
-    "Services", "SkipNodeUpdate", "Definition", "Kind", "Token",
+    "ID",
+    "Name",
+    "Tags",
+    "Address",
+    "Port",
+    "Meta",
+    "Weights",
+    "Passing",
+    "Warning",
+    "EnableTagOverride",
+    "Check",
+    "Checks",
+    "CheckID",
+    "Notes",
+    "Status",
+    "Output",
+    "ServiceID",
+    "ServiceName",
+    "HTTP",
+    "Header",
+    "Method",
+    "Body",
+    "TLSSkipVerify",
+    "TCP",
+    "TTL",
+    "GRPC",
+    "GRPCUseTLS",
+    "Args",
+    "Wasm",
+    "Module",
+    "Config",
+    "Interval",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "SuccessBeforePassing",
+    "FailuresBeforeWarning",
+    "FailuresBeforeCritical",
+    "Node",
+    "Datacenter",
+    "TaggedAddresses",
+    "NodeMeta",
+    "Service",
+    "Services",
+    "SkipNodeUpdate",
+    "Definition",
+    "Kind",
+    "Token",
 ];
 
 /// Objects under these keys hold user data (meta, headers): their keys stay verbatim.
@@ -31,19 +71,13 @@ const VERBATIM_MAPS: &[&str] = &["Meta", "NodeMeta", "Header", "TaggedAddresses"
 fn canonical_key(raw: &str) -> Option<&'static str> {
     static TABLE: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        let mut t: HashMap<String, &'static str> = CANONICAL_KEYS
-            .iter()
-            .map(|k| (k.to_ascii_lowercase(), *k))
-            .collect();
+        let mut t: HashMap<String, &'static str> =
+            CANONICAL_KEYS.iter().map(|k| (k.to_ascii_lowercase(), *k)).collect();
         // Consul's config-file aliases.
         t.insert("scriptargs".into(), "Args");
         t
     });
-    let folded: String = raw
-        .chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    let folded: String = raw.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect();
     table.get(&folded).copied()
 }
 
@@ -54,11 +88,7 @@ pub fn normalize_keys(value: Value) -> Value {
             let mut out = serde_json::Map::with_capacity(map.len());
             for (k, v) in map {
                 let key = canonical_key(&k).map(str::to_string).unwrap_or(k);
-                let v = if VERBATIM_MAPS.contains(&key.as_str()) {
-                    v
-                } else {
-                    normalize_keys(v)
-                };
+                let v = if VERBATIM_MAPS.contains(&key.as_str()) { v } else { normalize_keys(v) };
                 out.insert(key, v);
             }
             Value::Object(out)
@@ -73,8 +103,7 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Strin
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("Request decode failed: empty body".to_string());
     }
-    let raw: Value =
-        serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
+    let raw: Value = serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
     decode_value(raw)
 }
 
@@ -230,18 +259,14 @@ fn parse_status(s: &str, default: CheckStatus) -> Result<CheckStatus, String> {
     if s.is_empty() {
         return Ok(default);
     }
-    CheckStatus::parse(s).ok_or_else(|| {
-        format!("Invalid check status {s:?}: must be passing, warning or critical")
-    })
+    CheckStatus::parse(s).ok_or_else(|| format!("Invalid check status {s:?}: must be passing, warning or critical"))
 }
 
 fn check_duration(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Ok(());
     }
-    parse_go_duration(value, false)
-        .map(|_| ())
-        .map_err(|e| format!("Invalid {field}: {e}"))
+    parse_go_duration(value, false).map(|_| ()).map_err(|e| format!("Invalid {field}: {e}"))
 }
 
 /// Validates a check definition the way Consul's `CheckType.Validate` does.
@@ -319,11 +344,7 @@ impl CheckRegistration {
 
 impl ServiceRegistration {
     /// Validates and turns the registration into a service record plus its checks.
-    pub fn into_records(
-        self,
-        node: &str,
-        datacenter: &str,
-    ) -> Result<(Service, Vec<HealthCheck>), String> {
+    pub fn into_records(self, node: &str, datacenter: &str) -> Result<(Service, Vec<HealthCheck>), String> {
         if self.name.trim().is_empty() {
             return Err("Missing service name".into());
         }
@@ -348,11 +369,8 @@ impl ServiceRegistration {
         let several = defs.len() > 1;
         let mut checks = Vec::with_capacity(defs.len());
         for (i, def) in defs.into_iter().enumerate() {
-            let default_id = if several {
-                format!("service:{}:{}", service.id, i + 1)
-            } else {
-                format!("service:{}", service.id)
-            };
+            let default_id =
+                if several { format!("service:{}:{}", service.id, i + 1) } else { format!("service:{}", service.id) };
             let default_name = format!("Service '{}' check", service.service);
             checks.push(def.into_check(node, Some(&service), default_id, default_name)?);
         }

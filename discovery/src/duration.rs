@@ -14,10 +14,7 @@ pub fn parse_go_duration(input: &str, bare_seconds: bool) -> Result<Duration, St
         return Ok(Duration::ZERO);
     }
     if bare_seconds && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| format!("invalid duration {input:?}: {e}"));
+        return s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("invalid duration {input:?}: {e}"));
     }
     if s.starts_with('-') {
         return Err(format!("invalid duration {input:?}: negative durations are not allowed"));
@@ -25,19 +22,13 @@ pub fn parse_go_duration(input: &str, bare_seconds: bool) -> Result<Duration, St
     let mut rest = s.strip_prefix('+').unwrap_or(s);
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
             return Err(format!("invalid duration {input:?}: expected a number"));
         }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {input:?}: bad number"))?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {input:?}: bad number"))?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let nanos_per_unit = match unit {

@@ -5,12 +5,12 @@
 //! pure core), `store` (durable Raft log and state machine on redb), `raft` (types,
 //! network, node), `catalog` (read handle + writer), `api` (axum router).
 
+pub mod api;
+pub mod catalog;
 pub mod command;
 pub mod decode;
 pub mod duration;
 pub mod model;
-pub mod state;
-pub mod api;
-pub mod catalog;
 pub mod raft;
+pub mod state;
 pub mod store;

@@ -207,21 +207,14 @@ mod tests {
 
     #[test]
     fn status_orders_from_best_to_worst() {
-        let worst = [CheckStatus::Passing, CheckStatus::Critical, CheckStatus::Warning]
-            .into_iter()
-            .max();
+        let worst = [CheckStatus::Passing, CheckStatus::Critical, CheckStatus::Warning].into_iter().max();
         assert_eq!(worst, Some(CheckStatus::Critical));
         assert!(CheckStatus::Passing < CheckStatus::Warning);
     }
 
     #[test]
     fn service_serialises_with_consul_casing() {
-        let s = Service {
-            id: "web1".into(),
-            service: "web".into(),
-            port: 8080,
-            ..Default::default()
-        };
+        let s = Service { id: "web1".into(), service: "web".into(), port: 8080, ..Default::default() };
         let v = serde_json::to_value(&s).expect("serialise");
         assert_eq!(v["ID"], "web1");
         assert_eq!(v["Service"], "web");
@@ -231,10 +224,7 @@ mod tests {
 
     #[test]
     fn check_kind_follows_probe_field() {
-        let d = CheckDefinition {
-            tcp: "127.0.0.1:1".into(),
-            ..Default::default()
-        };
+        let d = CheckDefinition { tcp: "127.0.0.1:1".into(), ..Default::default() };
         assert_eq!(d.kind(), "tcp");
         assert_eq!(CheckDefinition::default().kind(), "");
     }

@@ -395,11 +395,7 @@ impl CatalogState {
             }
         }
         let doomed: Vec<String> = if recurse {
-            self.kv
-                .range(key.to_string()..)
-                .take_while(|(k, _)| k.starts_with(key))
-                .map(|(k, _)| k.clone())
-                .collect()
+            self.kv.range(key.to_string()..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect()
         } else if self.kv.contains_key(key) {
             vec![key.to_string()]
         } else {
@@ -430,11 +426,8 @@ impl CatalogState {
     pub fn service_names(&self) -> (BTreeMap<String, Vec<String>>, u64) {
         let mut out = BTreeMap::new();
         for (name, keys) in &self.by_service {
-            let tags: BTreeSet<String> = keys
-                .iter()
-                .filter_map(|k| self.services.get(k))
-                .flat_map(|s| s.tags.iter().cloned())
-                .collect();
+            let tags: BTreeSet<String> =
+                keys.iter().filter_map(|k| self.services.get(k)).flat_map(|s| s.tags.iter().cloned()).collect();
             out.insert(name.clone(), tags.into_iter().collect());
         }
         (out, self.index_of(T_SERVICES))
@@ -457,10 +450,7 @@ impl CatalogState {
     }
 
     fn checks_of_node(&self, node: &str) -> impl Iterator<Item = &HealthCheck> {
-        self.checks
-            .range((node.to_string(), String::new())..)
-            .take_while(move |((n, _), _)| n == node)
-            .map(|(_, c)| c)
+        self.checks.range((node.to_string(), String::new())..).take_while(move |((n, _), _)| n == node).map(|(_, c)| c)
     }
 
     /// Health entries of `name` (`/v1/health/service/:name`); `passing_only` drops any
@@ -495,12 +485,7 @@ impl CatalogState {
 
     /// Checks in `state` (`None` = any) (`/v1/health/state/:state`).
     pub fn checks_in_state(&self, state: Option<CheckStatus>) -> (Vec<HealthCheck>, u64) {
-        let out = self
-            .checks
-            .values()
-            .filter(|c| state.is_none_or(|s| c.status == s))
-            .cloned()
-            .collect();
+        let out = self.checks.values().filter(|c| state.is_none_or(|s| c.status == s)).cloned().collect();
         (out, self.index_of(T_CHECKS))
     }
 
@@ -643,10 +628,22 @@ mod tests {
     }
 
     fn check(id: &str, service_id: &str, status: CheckStatus) -> HealthCheck {
-        HealthCheck { check_id: id.into(), name: id.into(), service_id: service_id.into(), status, ..Default::default() }
+        HealthCheck {
+            check_id: id.into(),
+            name: id.into(),
+            service_id: service_id.into(),
+            status,
+            ..Default::default()
+        }
     }
 
-    fn register(s: &mut CatalogState, idx: u64, n: &str, service: Option<Service>, checks: Vec<HealthCheck>) -> Outcome {
+    fn register(
+        s: &mut CatalogState,
+        idx: u64,
+        n: &str,
+        service: Option<Service>,
+        checks: Vec<HealthCheck>,
+    ) -> Outcome {
         s.apply(
             idx,
             &Command::Register {
@@ -717,7 +714,12 @@ mod tests {
         assert_eq!(s.service_checks("web").1, 3);
         s.apply(4, &upd(CheckStatus::Passing));
         assert_eq!(s.service_checks("web").1, 3, "same status: no change");
-        let bad = Command::UpdateCheck { node: "n1".into(), check_id: "zz".into(), status: CheckStatus::Passing, output: None };
+        let bad = Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "zz".into(),
+            status: CheckStatus::Passing,
+            output: None,
+        };
         assert!(matches!(s.apply(5, &bad), Outcome::Rejected(_)));
     }
 

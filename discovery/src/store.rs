@@ -7,6 +7,9 @@
 //! state machine itself is rebuilt after a crash from the snapshot plus the log, which
 //! openraft re-applies up to the saved committed index.
 
+// openraft dictates `StorageError` (224 bytes) as the error of every storage call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -14,9 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, StorageIOError,
-};
+use openraft::{AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
@@ -42,10 +43,11 @@ fn io_err(e: impl std::fmt::Display) -> AnyError {
 
 /// Opens (creating if needed) the Raft database in `dir` and returns the two stores.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError> {
-    std::fs::create_dir_all(dir).map_err(|e| StorageIOError::write(io_err(format!("create {}: {e}", dir.display()))))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StorageIOError::write(io_err(format!("create {}: {e}", dir.display()))))?;
     let path = dir.join("raft.redb");
-    let db = Database::create(&path)
-        .map_err(|e| StorageIOError::read(io_err(format!("open {}: {e}", path.display()))))?;
+    let db =
+        Database::create(&path).map_err(|e| StorageIOError::read(io_err(format!("open {}: {e}", path.display()))))?;
     let db = Arc::new(db);
     {
         let txn = db.begin_write().map_err(|e| StorageIOError::write(io_err(e)))?;
@@ -102,9 +104,7 @@ impl LogStore {
     fn read_range(db: &Database, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
         let txn = db.begin_read().map_err(|e| StorageIOError::read_logs(io_err(e)))?;
         let table = txn.open_table(LOG).map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-        let range = table
-            .range::<u64>((start, end))
-            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+        let range = table.range::<u64>((start, end)).map_err(|e| StorageIOError::read_logs(io_err(e)))?;
         let mut out = Vec::new();
         for item in range {
             let (_, v) = item.map_err(|e| StorageIOError::read_logs(io_err(e)))?;
@@ -197,9 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut table = txn.open_table(LOG).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
                 for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                    table.insert(*index, bytes.as_slice()).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
                 }
             }
             // Immediate durability: the commit fsyncs before we report the I/O done.
@@ -225,9 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             {
                 let mut table = txn.open_table(LOG).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                table.retain_in(log_id.index.., |_, _| false).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             }
             txn.commit().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             Ok(())
@@ -242,12 +238,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-                meta.insert(K_LAST_PURGED, bytes.as_slice())
-                    .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                meta.insert(K_LAST_PURGED, bytes.as_slice()).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
                 let mut table = txn.open_table(LOG).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                table.retain_in(..=log_id.index, |_, _| false).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             }
             txn.commit().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             Ok(())
@@ -313,15 +306,13 @@ impl StateMachineStore {
 
     fn write_snapshot(db: &Database, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
-        let meta_bytes = serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
+        let meta_bytes =
+            serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
         let txn = db.begin_write().map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
         {
-            let mut table = txn
-                .open_table(SNAPSHOT)
-                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
-            table
-                .insert(K_SNAP_DATA, data)
-                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
+            let mut table =
+                txn.open_table(SNAPSHOT).map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
+            table.insert(K_SNAP_DATA, data).map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
             table
                 .insert(K_SNAP_META, meta_bytes.as_slice())
                 .map_err(|e| StorageIOError::write_snapshot(sig.clone(), io_err(e)))?;
@@ -355,11 +346,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
+        let meta =
+            SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id };
         let db = self.db.clone();
         let meta2 = meta.clone();
         let data = blocking(move || {
@@ -464,8 +452,7 @@ mod conformance {
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
-            let dir = tempfile::TempDir::new()
-                .map_err(|e| StorageIOError::write(io_err(format!("tempdir: {e}"))))?;
+            let dir = tempfile::TempDir::new().map_err(|e| StorageIOError::write(io_err(format!("tempdir: {e}"))))?;
             let (log, sm) = open(dir.path())?;
             Ok((dir, log, sm))
         }
@@ -486,12 +473,7 @@ mod conformance {
             let dir = tempfile::TempDir::new().map_err(|e| StorageIOError::write(io_err(e)))?;
             {
                 let (_log, mut sm) = open(dir.path())?;
-                let cmd = crate::command::Command::KvSet {
-                    key: "k".into(),
-                    value: b"v".to_vec(),
-                    flags: 7,
-                    cas: None,
-                };
+                let cmd = crate::command::Command::KvSet { key: "k".into(), value: b"v".to_vec(), flags: 7, cas: None };
                 let entry = Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 5),
                     payload: EntryPayload::Normal(cmd),

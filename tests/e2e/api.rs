@@ -58,8 +58,23 @@ async fn agent_service_endpoints() {
     assert_eq!(http["Definition"]["Header"]["X-Probe"], json!(["1"]));
     assert_eq!(http["Definition"]["SuccessBeforePassing"], 2);
     assert!(checks["serfHealth"].is_object(), "the node's liveness check is there");
-    for field in ["Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags",
-        "Type", "Interval", "Timeout", "Definition", "CreateIndex", "ModifyIndex"] {
+    for field in [
+        "Node",
+        "CheckID",
+        "Name",
+        "Status",
+        "Notes",
+        "Output",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "Type",
+        "Interval",
+        "Timeout",
+        "Definition",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
         assert!(ttl.get(field).is_some(), "check field {field}");
     }
 
@@ -92,7 +107,11 @@ async fn agent_service_endpoints() {
 
     // Standalone checks.
     api.put_ok("/v1/agent/check/register", r#"{"Name":"disk","TTL":"1m","Status":"passing"}"#).await;
-    api.put_ok("/v1/agent/check/register", r#"{"ID":"web-tcp","Name":"tcp","ServiceID":"web-1","TCP":"127.0.0.1:8080","Interval":"5s"}"#).await;
+    api.put_ok(
+        "/v1/agent/check/register",
+        r#"{"ID":"web-tcp","Name":"tcp","ServiceID":"web-1","TCP":"127.0.0.1:8080","Interval":"5s"}"#,
+    )
+    .await;
     let (c, _) = api.get_json("/v1/agent/checks").await;
     assert_eq!(c["disk"]["Status"], "passing");
     assert_eq!(c["web-tcp"]["ServiceName"], "web");
@@ -153,9 +172,18 @@ async fn catalog_endpoints() {
             "Check": {"CheckID": format!("{id}-alive"), "Name": "alive", "Status": status, "ServiceID": id}
         })
     };
-    let r = api.put_ok("/v1/catalog/register", reg("ext-1", "10.1.0.1", "db-1", json!(["primary", "v2"]), "passing").to_string()).await;
+    let r = api
+        .put_ok(
+            "/v1/catalog/register",
+            reg("ext-1", "10.1.0.1", "db-1", json!(["primary", "v2"]), "passing").to_string(),
+        )
+        .await;
     assert_eq!(r.body, "true");
-    api.put_ok("/v1/catalog/register", reg("ext-2", "10.1.0.2", "db-2", json!(["replica", "v2"]), "critical").to_string()).await;
+    api.put_ok(
+        "/v1/catalog/register",
+        reg("ext-2", "10.1.0.2", "db-2", json!(["replica", "v2"]), "critical").to_string(),
+    )
+    .await;
 
     let (services, idx) = api.get_json("/v1/catalog/services").await;
     assert_eq!(services["db"], json!(["primary", "replica", "v2"]));
@@ -164,9 +192,24 @@ async fn catalog_endpoints() {
     let (list, _) = api.get_json("/v1/catalog/service/db").await;
     assert_eq!(list.as_array().map(Vec::len), Some(2));
     let e = &list[0];
-    for field in ["ID", "Node", "Address", "Datacenter", "TaggedAddresses", "NodeMeta", "ServiceID", "ServiceName",
-        "ServiceTags", "ServiceAddress", "ServiceWeights", "ServiceMeta", "ServicePort", "ServiceEnableTagOverride",
-        "CreateIndex", "ModifyIndex"] {
+    for field in [
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "NodeMeta",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "ServiceAddress",
+        "ServiceWeights",
+        "ServiceMeta",
+        "ServicePort",
+        "ServiceEnableTagOverride",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
         assert!(e.get(field).is_some(), "field {field} in {e}");
     }
     assert_eq!(e["NodeMeta"]["rack"], "r1");
@@ -216,9 +259,14 @@ async fn catalog_endpoints() {
     assert_eq!(api.get_json("/v1/health/service/ghost").await.0, json!([]));
 
     // A node-level check failing takes every instance on it out of ?passing.
-    api.put_ok("/v1/catalog/register", json!({"Node": "ext-1", "Address": "10.1.0.1", "NodeMeta": {"rack": "r1"},
+    api.put_ok(
+        "/v1/catalog/register",
+        json!({"Node": "ext-1", "Address": "10.1.0.1", "NodeMeta": {"rack": "r1"},
         "TaggedAddresses": {"wan": "10.1.0.1"},
-        "Check": {"CheckID": "node-disk", "Name": "disk", "Status": "warning"}}).to_string()).await;
+        "Check": {"CheckID": "node-disk", "Name": "disk", "Status": "warning"}})
+        .to_string(),
+    )
+    .await;
     assert_eq!(api.get_json("/v1/health/service/db?passing").await.0, json!([]));
 
     // Deregister: a check, a service, a node.

@@ -21,14 +21,34 @@ async fn rejected_writes_change_nothing() {
         ("/v1/agent/service/register", br#"{"Name": "web", "Port": -1}"#.to_vec(), "between 0 and 65535"),
         ("/v1/agent/service/register", br#"{"Name": "web", "Port": "80"}"#.to_vec(), "Request decode failed"),
         ("/v1/agent/service/register", br#"{"Name": "web", "Check": {"HTTP": "http://x/"}}"#.to_vec(), "Interval"),
-        ("/v1/agent/service/register", br#"{"Name": "web", "Check": {"TCP": "x:1", "Interval": "often"}}"#.to_vec(), "Invalid Interval"),
-        ("/v1/agent/service/register", br#"{"Name": "web", "Weights": {"Passing": 0, "Warning": 1}}"#.to_vec(), "Passing"),
+        (
+            "/v1/agent/service/register",
+            br#"{"Name": "web", "Check": {"TCP": "x:1", "Interval": "often"}}"#.to_vec(),
+            "Invalid Interval",
+        ),
+        (
+            "/v1/agent/service/register",
+            br#"{"Name": "web", "Weights": {"Passing": 0, "Warning": 1}}"#.to_vec(),
+            "Passing",
+        ),
         ("/v1/agent/check/register", br#"{"TTL": "1m"}"#.to_vec(), "Missing check name"),
-        ("/v1/agent/check/register", br#"{"Name": "x", "TTL": "1m", "Status": "great"}"#.to_vec(), "Invalid check status"),
+        (
+            "/v1/agent/check/register",
+            br#"{"Name": "x", "TTL": "1m", "Status": "great"}"#.to_vec(),
+            "Invalid check status",
+        ),
         ("/v1/catalog/register", br#"{"Address": "10.0.0.1"}"#.to_vec(), "Must provide node"),
         ("/v1/catalog/register", br#"{"Node": "n"}"#.to_vec(), "Must provide address"),
-        ("/v1/catalog/register", br#"{"Node": "n", "Address": "1.1.1.1", "Service": {"Port": 1}}"#.to_vec(), "service name"),
-        ("/v1/catalog/register", br#"{"Node": "n", "Address": "1.1.1.1", "Check": {"CheckID": "c", "ServiceID": "ghost"}}"#.to_vec(), "unknown service ID"),
+        (
+            "/v1/catalog/register",
+            br#"{"Node": "n", "Address": "1.1.1.1", "Service": {"Port": 1}}"#.to_vec(),
+            "service name",
+        ),
+        (
+            "/v1/catalog/register",
+            br#"{"Node": "n", "Address": "1.1.1.1", "Check": {"CheckID": "c", "ServiceID": "ghost"}}"#.to_vec(),
+            "unknown service ID",
+        ),
         ("/v1/catalog/deregister", br#"{}"#.to_vec(), "Must provide node"),
         ("/v1/kv/big", big, "Value too large"),
         ("/v1/kv/existing?cas=abc", b"new".to_vec(), "Invalid cas index"),
@@ -41,7 +61,12 @@ async fn rejected_writes_change_nothing() {
         assert!(r.body.contains(want), "PUT {path}: {:?} should mention {want:?}", r.body);
         assert_eq!(r.body.trim_end().lines().count(), 1, "one line: {:?}", r.body);
     }
-    for path in ["/v1/catalog/services?index=abc", "/v1/kv/existing?index=-1", "/v1/catalog/nodes?wait=forever", "/v1/health/service/web?passing=maybe"] {
+    for path in [
+        "/v1/catalog/services?index=abc",
+        "/v1/kv/existing?index=-1",
+        "/v1/catalog/nodes?wait=forever",
+        "/v1/health/service/web?passing=maybe",
+    ] {
         let r = api.get(path).await;
         assert_eq!(r.status, 400, "GET {path}: {}", r.body);
         assert_eq!(r.body.trim_end().lines().count(), 1);

@@ -96,7 +96,11 @@ async fn blocking_query_times_out_with_current_data() {
     let r = api.get("/v1/kv/k?consistent").await;
     assert_eq!(r.json()[0]["Value"], "djI=");
     assert_eq!(
-        api.get("/v1/catalog/services?consistent").await.headers.get("x-consul-effective-consistency").map(|v| v.as_bytes().to_vec()),
+        api.get("/v1/catalog/services?consistent")
+            .await
+            .headers
+            .get("x-consul-effective-consistency")
+            .map(|v| v.as_bytes().to_vec()),
         Some(b"consistent".to_vec())
     );
     assert_eq!(api.get("/v1/catalog/services?stale").await.status, 200);

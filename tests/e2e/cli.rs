@@ -56,7 +56,10 @@ async fn cli_commands() {
     assert_eq!(ok(agent.cli(&["kv", "get", "app/color"])), "blue\n");
     ok(agent.cli(&["kv", "put", "-flags", "7", "app/size", "L"]));
     let detailed = ok(agent.cli(&["kv", "get", "-detailed", "app/size"]));
-    assert!(detailed.contains("Flags") && detailed.lines().any(|l| l.starts_with("Flags") && l.trim_end().ends_with('7')), "{detailed}");
+    assert!(
+        detailed.contains("Flags") && detailed.lines().any(|l| l.starts_with("Flags") && l.trim_end().ends_with('7')),
+        "{detailed}"
+    );
     let (e, _) = api.get_json("/v1/kv/app/color").await;
     let mi = e[0]["ModifyIndex"].as_u64().expect("index").to_string();
     let cas_fail = agent.cli(&["kv", "put", "-cas", "-modify-index", "1", "app/color", "red"]);

@@ -54,9 +54,7 @@ async fn three_servers_forward_writes_and_survive_losing_the_leader() {
         let (e, _) = api.get_json("/v1/kv/cluster/key?stale").await;
         assert_eq!(e[0]["Value"], "ZnJvbS1mb2xsb3dlcg==");
     }
-    apis[follower_i]
-        .put_ok("/v1/agent/service/register", r#"{"Name":"web","ID":"web-f","Port":80}"#)
-        .await;
+    apis[follower_i].put_ok("/v1/agent/service/register", r#"{"Name":"web","ID":"web-f","Port":80}"#).await;
     let (nodes, _) = apis[leader_i].get_json("/v1/catalog/nodes").await;
     assert_eq!(nodes.as_array().map(Vec::len), Some(3), "all three servers registered: {nodes}");
     // ?consistent on a follower asks the leader for a read index.

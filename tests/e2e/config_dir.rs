@@ -57,7 +57,8 @@ async fn config_dir_loads_and_reloads() {
 
     // SIGHUP: a removed file deregisters, an edited one updates.
     std::fs::remove_file(conf.join("more.json")).expect("rm");
-    std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "id": "web-1", "port": 8081}}"#).expect("write");
+    std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "id": "web-1", "port": 8081}}"#)
+        .expect("write");
     agent.signal("-HUP");
     wait_for("SIGHUP reload", Duration::from_secs(10), || async {
         let (s, _) = api.get_json("/v1/agent/services").await;

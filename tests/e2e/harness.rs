@@ -143,11 +143,7 @@ impl Agent {
 
     /// Runs a CLI command against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(["-http-addr", &self.http_addr()])
-            .args(args)
-            .output()
-            .expect("run wharf cli")
+        Command::new(BIN).args(["-http-addr", &self.http_addr()]).args(args).output().expect("run wharf cli")
     }
 
     /// Waits for the process to exit by itself.

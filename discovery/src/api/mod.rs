@@ -201,9 +201,8 @@ async fn agent_service_register(State(st): State<ApiState>, RawQuery(raw): RawQu
     let p = Params::parse(raw.as_deref());
     let reg: ServiceRegistration = decode_body(&body).map_err(ApiError::BadRequest)?;
     let status_given: Vec<bool> = reg.check.iter().chain(reg.checks.iter()).map(|c| !c.status.is_empty()).collect();
-    let (service, mut checks) = reg
-        .into_records(&st.agent.node_name, &st.agent.datacenter)
-        .map_err(ApiError::BadRequest)?;
+    let (service, mut checks) =
+        reg.into_records(&st.agent.node_name, &st.agent.datacenter).map_err(ApiError::BadRequest)?;
     // Re-registering keeps the status and output of checks that already exist.
     let snap = st.catalog.snapshot();
     for (check, given) in checks.iter_mut().zip(status_given) {
@@ -352,12 +351,7 @@ async fn set_ttl_status(st: &ApiState, id: String, status: CheckStatus, output: 
     Ok(empty_ok())
 }
 
-async fn agent_check_status(
-    st: ApiState,
-    id: String,
-    raw: Option<String>,
-    status: CheckStatus,
-) -> ApiResult {
+async fn agent_check_status(st: ApiState, id: String, raw: Option<String>, status: CheckStatus) -> ApiResult {
     let p = Params::parse(raw.as_deref());
     let note = p.get("note").unwrap_or_default().to_string();
     set_ttl_status(&st, id, status, note).await
@@ -479,10 +473,7 @@ async fn agent_self(State(st): State<ApiState>) -> ApiResult {
 
 async fn agent_reload(State(st): State<ApiState>) -> ApiResult {
     let (tx, rx) = oneshot::channel();
-    st.control
-        .send(AgentControl::Reload(tx))
-        .await
-        .map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
+    st.control.send(AgentControl::Reload(tx)).await.map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
     match rx.await {
         Ok(Ok(_)) => Ok(empty_ok()),
         Ok(Err(e)) => Err(ApiError::Internal(format!("reload failed: {e}"))),
@@ -492,10 +483,7 @@ async fn agent_reload(State(st): State<ApiState>) -> ApiResult {
 
 async fn agent_leave(State(st): State<ApiState>) -> ApiResult {
     let (tx, rx) = oneshot::channel();
-    st.control
-        .send(AgentControl::Leave(tx))
-        .await
-        .map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
+    st.control.send(AgentControl::Leave(tx)).await.map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
     let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
     Ok(empty_ok())
 }
@@ -613,9 +601,8 @@ async fn health_node(State(st): State<ApiState>, Path(node): Path<String>, RawQu
 
 async fn kv_get(st: ApiState, key: String, raw: Option<String>) -> ApiResult {
     let (p, q) = read_opts(&st, &raw)?;
-    let not_found = |index: u64| -> Response {
-        (StatusCode::NOT_FOUND, meta_headers(&st, index, None), "").into_response()
-    };
+    let not_found =
+        |index: u64| -> Response { (StatusCode::NOT_FOUND, meta_headers(&st, index, None), "").into_response() };
     let ok = |index: u64, body: Value| -> Response {
         let mut h = meta_headers(&st, index, None);
         h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -696,7 +683,12 @@ async fn kv_get_key(State(st): State<ApiState>, Path(key): Path<String>, RawQuer
 async fn kv_get_root(State(st): State<ApiState>, RawQuery(raw): RawQuery) -> ApiResult {
     kv_get(st, String::new(), raw).await
 }
-async fn kv_put_key(State(st): State<ApiState>, Path(key): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
+async fn kv_put_key(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
     kv_put(st, key, raw, body).await
 }
 async fn kv_put_root(State(st): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {

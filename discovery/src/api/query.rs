@@ -18,9 +18,7 @@ pub struct Params {
 
 impl Params {
     pub fn parse(raw: Option<&str>) -> Params {
-        let pairs = raw
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
+        let pairs = raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         Params { pairs }
     }
 
@@ -71,16 +69,15 @@ impl QueryOptions {
         let index = p.uint("index", "index")?.unwrap_or(0);
         let wait = match p.get("wait") {
             None | Some("") => DEFAULT_WAIT,
-            Some(w) => parse_go_duration(w, true)
-                .map_err(|e| ApiError::BadRequest(format!("Invalid wait time: {e}")))?,
+            Some(w) => {
+                parse_go_duration(w, true).map_err(|e| ApiError::BadRequest(format!("Invalid wait time: {e}")))?
+            }
         };
         let wait = if wait.is_zero() { DEFAULT_WAIT } else { wait.min(MAX_WAIT) };
         let consistent = p.flag("consistent")?;
         let stale = p.flag("stale")?;
         if consistent && stale {
-            return Err(ApiError::BadRequest(
-                "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
-            ));
+            return Err(ApiError::BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.".into()));
         }
         Ok(QueryOptions { index, wait, consistent, stale })
     }

@@ -143,7 +143,8 @@ mod tests {
         let n = Node { node: "n1".into(), address: "10.0.0.1".into(), ..Default::default() };
         let s = Service { id: "web1".into(), service: "web".into(), port: 80, ..Default::default() };
         let v = catalog_service(&n, &s);
-        for field in ["ServiceID", "ServiceName", "ServiceTags", "ServicePort", "ServiceWeights", "NodeMeta", "Address"] {
+        for field in ["ServiceID", "ServiceName", "ServiceTags", "ServicePort", "ServiceWeights", "NodeMeta", "Address"]
+        {
             assert!(v.get(field).is_some(), "{field}");
         }
         assert_eq!(v["ServicePort"], 80);

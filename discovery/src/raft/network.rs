@@ -13,15 +13,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, extract::Request};
+use openraft::AnyError;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::AnyError;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Outcome};
 use crate::raft::node::RaftNode;
@@ -107,7 +107,12 @@ impl PeerClient {
         Self::decode(addr, resp).await
     }
 
-    pub async fn get<Resp: DeserializeOwned>(&self, addr: &str, path: &str, timeout: Duration) -> Result<Resp, PeerError> {
+    pub async fn get<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
         let resp = self
             .http
             .get(format!("http://{addr}{path}"))
@@ -121,10 +126,8 @@ impl PeerClient {
 
     async fn decode<Resp: DeserializeOwned>(addr: &str, resp: reqwest::Response) -> Result<Resp, PeerError> {
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
+        let bytes =
+            resp.bytes().await.map_err(|e| PeerError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
         if !status.is_success() {
             return Err(PeerError::Status {
                 addr: addr.to_string(),

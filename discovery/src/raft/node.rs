@@ -66,10 +66,8 @@ impl RaftNode {
     /// read handle on the catalog it replicates.
     pub async fn start(settings: RaftSettings) -> Result<(Arc<RaftNode>, Catalog), StartError> {
         let raft_dir = settings.data_dir.join("raft");
-        let (log_store, sm) = store::open(&raft_dir).map_err(|e| StartError::Storage {
-            dir: raft_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (log_store, sm) = store::open(&raft_dir)
+            .map_err(|e| StartError::Storage { dir: raft_dir.display().to_string(), reason: e.to_string() })?;
         let catalog = Catalog::new(sm.subscribe());
         let config = Config {
             cluster_name: "wharf".into(),
@@ -89,7 +87,13 @@ impl RaftNode {
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let node = Arc::new(RaftNode { raft, settings, client, catalog: catalog.clone(), last_leader_contact: Mutex::new(None) });
+        let node = Arc::new(RaftNode {
+            raft,
+            settings,
+            client,
+            catalog: catalog.clone(),
+            last_leader_contact: Mutex::new(None),
+        });
         Ok((node, catalog))
     }
 
@@ -160,7 +164,8 @@ impl RaftNode {
     /// leader when this node does not lead.
     pub async fn accept_join(&self, req: JoinRequest) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            let leader = self.leader_addr().ok_or_else(|| ClusterError::NoLeader("no leader to join through".into()))?;
+            let leader =
+                self.leader_addr().ok_or_else(|| ClusterError::NoLeader("no leader to join through".into()))?;
             if leader == self.settings.raft_addr {
                 return Err(ClusterError::NoLeader("leadership is changing".into()));
             }
@@ -323,7 +328,10 @@ impl RaftNode {
             .map_err(|e| ClusterError::Forward { leader: leader.clone(), reason: e.to_string() })?;
         // Read-your-writes on this agent: wait until the entry is applied here too.
         if tokio::time::timeout(FORWARD_TIMEOUT, self.catalog.wait_applied(res.index)).await.is_err() {
-            return Err(ClusterError::Forward { leader, reason: "write committed but not replicated here in time".into() });
+            return Err(ClusterError::Forward {
+                leader,
+                reason: "write committed but not replicated here in time".into(),
+            });
         }
         Ok(Written { index: res.index, outcome: res.outcome })
     }
@@ -356,17 +364,12 @@ impl Cluster for RaftNode {
 
     fn leader_status(&self) -> LeaderStatus {
         let m = self.raft.metrics().borrow().clone();
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        let leader_addr =
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         let last_contact_ms = if m.state == ServerState::Leader {
             0
         } else {
-            self.last_leader_contact
-                .lock()
-                .ok()
-                .and_then(|t| t.map(|t| t.elapsed().as_millis() as u64))
-                .unwrap_or(0)
+            self.last_leader_contact.lock().ok().and_then(|t| t.map(|t| t.elapsed().as_millis() as u64)).unwrap_or(0)
         };
         LeaderStatus { known_leader: m.current_leader.is_some(), last_contact_ms, leader_addr }
     }
@@ -374,9 +377,6 @@ impl Cluster for RaftNode {
     fn peers(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect()
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
     }
 }
