@@ -51,6 +51,9 @@ pub enum Command {
         recurse: bool,
         cas: Option<u64>,
     },
+    /// Commands from concurrent clients committed as one log entry (group commit: one
+    /// fsync for all). Applied in order at the entry's index; each gets its own outcome.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command did.
@@ -63,4 +66,6 @@ pub enum Outcome {
     CasFailed,
     /// The command conflicts with the state (e.g. an unknown check); nothing changed.
     Rejected(String),
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
 }

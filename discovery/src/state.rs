@@ -105,6 +105,9 @@ impl CatalogState {
     /// Applies one committed command at Raft log `index`. A rejected command leaves the
     /// state exactly as it was.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        if let Command::Batch(cmds) = cmd {
+            return Outcome::Batch(cmds.iter().map(|c| self.apply(index, c)).collect());
+        }
         let mut next = self.clone();
         let outcome = next.apply_inner(index, cmd);
         if let Outcome::Applied = outcome {
@@ -142,6 +145,7 @@ impl CatalogState {
             }
             Command::KvSet { key, value, flags, cas } => self.kv_set(idx, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(idx, key, *recurse, *cas),
+            Command::Batch(_) => Outcome::Rejected("nested batches are not allowed".into()),
         }
     }
 
@@ -755,6 +759,16 @@ mod tests {
         s.apply(21, &Command::KvDelete { key: "app/b".into(), recurse: true, cas: None });
         assert_eq!(s.kv_keys("app/", None).0, vec!["app/a"]);
         assert_eq!(s.kv_list("app/").1, 21);
+    }
+
+    #[test]
+    fn batch_applies_in_order_at_one_index() {
+        let mut s = CatalogState::default();
+        let set = |k: &str, cas| Command::KvSet { key: k.into(), value: b"v".to_vec(), flags: 0, cas };
+        let out = s.apply(7, &Command::Batch(vec![set("a", Some(0)), set("a", Some(0)), set("b", None)]));
+        assert_eq!(out, Outcome::Batch(vec![Outcome::Applied, Outcome::CasFailed, Outcome::Applied]));
+        assert_eq!(s.kv_get("a").1, 7);
+        assert_eq!(s.kv_get("b").1, 7);
     }
 
     #[test]

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Cluster, ClusterError, LeaderStatus, Written};
-use crate::command::Command;
+use crate::command::{Command, Outcome};
 use crate::raft::network::{ForwardedWrite, ForwardedWriteResult, JoinRequest, Network, PeerClient, PeerInfo};
 use crate::raft::types::{Node, NodeId, Raft};
 use crate::store;
@@ -46,8 +47,17 @@ pub enum StartError {
     Raft(String),
 }
 
+/// A write waiting for the group-commit loop, with where to send its result.
+type Proposal = (Command, oneshot::Sender<ProposeResult>);
+/// `Ok(Err(leader))`: this node does not lead; `leader` is where to forward.
+type ProposeResult = Result<Result<Written, Option<String>>, ClusterError>;
+
+/// Most commands committed in one log entry.
+const MAX_BATCH: usize = 512;
+
 pub struct RaftNode {
     raft: Raft,
+    proposals: mpsc::UnboundedSender<Proposal>,
     settings: RaftSettings,
     client: PeerClient,
     catalog: Catalog,
@@ -87,8 +97,11 @@ impl RaftNode {
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (proposals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit(raft.clone(), rx));
         let node = Arc::new(RaftNode {
             raft,
+            proposals,
             settings,
             client,
             catalog: catalog.clone(),
@@ -128,14 +141,12 @@ impl RaftNode {
         m.current_leader == Some(self.settings.node_id) && m.state == ServerState::Leader
     }
 
-    /// Proposes on this node; if it is not the leader, says where the leader is.
-    async fn propose(&self, cmd: Command) -> Result<Result<Written, Option<String>>, ClusterError> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(Ok(Written { index: resp.log_id.index, outcome: resp.data })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(Err(forward_target(&f))),
-            Err(RaftError::APIError(e)) => Err(ClusterError::Raft(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Raft(e.to_string())),
-        }
+    /// Proposes on this node through the group-commit loop; if it is not the leader, says
+    /// where the leader is.
+    async fn propose(&self, cmd: Command) -> ProposeResult {
+        let (tx, rx) = oneshot::channel();
+        self.proposals.send((cmd, tx)).map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?;
+        rx.await.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?
     }
 
     /// A write from another server's forwarding: only the leader answers it.
@@ -350,6 +361,61 @@ impl RaftNode {
         };
         self.catalog.wait_applied(index).await;
         Ok(())
+    }
+}
+
+async fn propose_once(raft: &Raft, cmd: Command) -> ProposeResult {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(Ok(Written { index: resp.log_id.index, outcome: resp.data })),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(Err(forward_target(&f))),
+        Err(RaftError::APIError(e)) => Err(ClusterError::Raft(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(ClusterError::Raft(e.to_string())),
+    }
+}
+
+/// Group commit: openraft flushes (fsyncs) every append before the next, so commands that
+/// arrive while one entry is being committed are gathered into the next entry. One client
+/// sees no extra wait; many share one fsync.
+async fn group_commit(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            for (cmd, reply) in batch {
+                let _ = reply.send(propose_once(&raft, cmd).await);
+            }
+            continue;
+        }
+        let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<ProposeResult>>) = batch.into_iter().unzip();
+        let n = cmds.len();
+        match propose_once(&raft, Command::Batch(cmds)).await {
+            Ok(Ok(Written { index, outcome: Outcome::Batch(outcomes) })) if outcomes.len() == n => {
+                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(Ok(Written { index, outcome })));
+                }
+            }
+            Ok(Ok(other)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::Raft(format!("batch of {n} answered {:?}", other.outcome))));
+                }
+            }
+            Ok(Err(leader)) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(Err(leader.clone())));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::Raft(msg.clone())));
+                }
+            }
+        }
     }
 }
 
