@@ -70,10 +70,72 @@ pub struct AgentArgs {
     /// Raft log entries between two snapshots.
     #[arg(long, default_value_t = 8192)]
     pub raft_snapshot_threshold: u64,
+
+    /// Proxy listener (HTTP/1.1 and h2c); repeatable. Ports below 1024 need root or
+    /// CAP_NET_BIND_SERVICE.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    pub proxy_addr: Vec<SocketAddr>,
+    /// Do not run the proxy.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Proxy worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub proxy_threads: Option<usize>,
+    /// Host names `<service>.<domain>` route to that service.
+    #[arg(long, default_value = "localhost")]
+    pub proxy_domain: String,
+    /// Service for requests no other route matches (KV `wharf/proxy/default-service`
+    /// overrides it at run time).
+    #[arg(long, value_name = "NAME")]
+    pub default_service: Option<String>,
+    /// Also route to instances whose worst check is `warning`.
+    #[arg(long)]
+    pub route_warning: bool,
+    /// Default balancing: round_robin, weighted, least_conn, hash:ip, hash:header:NAME,
+    /// hash:cookie:NAME (per service: meta `wharf-lb`).
+    #[arg(long, default_value = "round_robin", value_parser = parse_policy)]
+    pub lb: proxy::Policy,
+    /// Upstream connect timeout (Go duration, e.g. 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub proxy_connect_timeout: Duration,
+    /// Upstream read timeout: longest wait for response bytes.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub proxy_read_timeout: Duration,
+    /// Upstream write timeout.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub proxy_write_timeout: Duration,
+    /// How long idle upstream keep-alive connections are kept.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub proxy_idle_timeout: Duration,
+    /// How long an idle client keep-alive connection is kept.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub proxy_client_keepalive: Duration,
+    /// Retries on another instance after an upstream failure, for idempotent requests
+    /// (failed connections are always retried while instances remain).
+    #[arg(long, default_value_t = 2)]
+    pub proxy_retries: usize,
+    /// Consecutive failures that eject an instance from its pool (0 = never).
+    #[arg(long, default_value_t = 5)]
+    pub proxy_eject_after: u32,
+    /// How long an ejected instance stays out.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub proxy_eject_for: Duration,
+    /// Write a JSON line per proxied request to this file (`-` = standard output).
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    discovery::duration::parse_go_duration(s, false)
+}
+
+fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
+    proxy::Policy::parse(s)
 }
 
 /// The agent's settings after defaults and validation.
 struct Resolved {
+    proxy: Option<ProxySettings>,
     info: AgentInfo,
     raft: RaftSettings,
     http_addr: SocketAddr,
@@ -186,7 +248,35 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         voter,
         snapshot_threshold: args.raft_snapshot_threshold,
     };
+    let proxy = if args.no_proxy {
+        None
+    } else {
+        Some(ProxySettings {
+            listen: args.proxy_addr.clone(),
+            threads: args
+                .proxy_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            table: proxy::TableSettings {
+                domain: args.proxy_domain.clone(),
+                default_service: args.default_service.clone(),
+                route_warning: args.route_warning,
+                default_policy: args.lb.clone(),
+            },
+            upstream: proxy::UpstreamSettings {
+                connect_timeout: args.proxy_connect_timeout,
+                read_timeout: args.proxy_read_timeout,
+                write_timeout: args.proxy_write_timeout,
+                idle_timeout: args.proxy_idle_timeout,
+                client_keepalive: args.proxy_client_keepalive,
+                retries: args.proxy_retries,
+                eject_after: args.proxy_eject_after,
+                eject_for: args.proxy_eject_for,
+            },
+            access_log: args.access_log.clone(),
+        })
+    };
     Ok(Resolved {
+        proxy,
         info,
         raft,
         http_addr,
@@ -194,6 +284,27 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         data_dir,
         config_dirs: args.config_dir.clone(),
     })
+}
+
+/// The proxy's settings, resolved from the flags.
+struct ProxySettings {
+    listen: Vec<SocketAddr>,
+    threads: usize,
+    table: proxy::TableSettings,
+    upstream: proxy::UpstreamSettings,
+    access_log: Option<PathBuf>,
+}
+
+fn open_access_log(path: &Path) -> Result<proxy::AccessLog> {
+    if path == Path::new("-") {
+        return Ok(proxy::AccessLog::new(Box::new(std::io::stdout())));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the access log {}", path.display()))?;
+    Ok(proxy::AccessLog::new(Box::new(std::io::LineWriter::new(file))))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -263,7 +374,25 @@ async fn serve(r: Resolved) -> Result<()> {
     let info = Arc::new(r.info.clone());
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cluster: Arc<dyn Cluster> = node.clone();
-    let state = ApiState { catalog, cluster: cluster.clone(), agent: info.clone(), control: control_tx };
+    let mut metrics: Vec<api::MetricsRenderer> = Vec::new();
+    let proxy = match r.proxy {
+        None => None,
+        Some(p) => {
+            let config = proxy::ProxyConfig {
+                listen: p.listen.clone(),
+                threads: p.threads,
+                table: p.table,
+                upstream: p.upstream,
+                access_log: p.access_log.as_deref().map(open_access_log).transpose()?,
+            };
+            let handle = proxy::start(config, catalog.clone(), stop_rx.clone()).map_err(|e| anyhow!("{e}"))?;
+            let m = handle.metrics.clone();
+            metrics.push(Arc::new(move |out: &mut String| m.render(out)));
+            tracing::info!(listen = ?p.listen, threads = p.threads, "proxy listening");
+            Some(handle)
+        }
+    };
+    let state = ApiState { catalog, cluster: cluster.clone(), agent: info.clone(), control: control_tx, metrics };
     let mut http_stop = stop_rx.clone();
     let http_server = tokio::spawn(async move {
         axum::serve(http_listener, api::router(state))
@@ -326,6 +455,9 @@ async fn serve(r: Resolved) -> Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    if let Some(p) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || p.join())).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), http_server).await;
     node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_server).await;

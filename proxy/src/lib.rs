@@ -1,1 +1,165 @@
+//! wharf's front door: a Pingora HTTP proxy whose pools follow the catalog.
+//!
+//! A rebuilder task (on the agent's runtime) watches the catalog; whenever the committed
+//! index moves it builds a new immutable [`RouteTable`] and publishes it through
+//! `ArcSwap`. Pingora (on its own runtime, on its own thread) loads the current table once
+//! per request. No reload, no lock on the request path; if the catalog stops changing the
+//! last good table keeps serving.
 
+pub mod balance;
+pub mod metrics;
+pub mod route_table;
+pub mod service;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use discovery::catalog::Catalog;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+
+pub use balance::Policy;
+pub use metrics::ProxyMetrics;
+pub use route_table::{RouteTable, TableBuilder, TableSettings};
+pub use service::{AccessLog, UpstreamSettings, WharfProxy};
+
+/// Everything the proxy is started with.
+pub struct ProxyConfig {
+    /// Plain HTTP listeners (HTTP/1.1 and h2c).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy's runtime.
+    pub threads: usize,
+    pub table: TableSettings,
+    pub upstream: UpstreamSettings,
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "cannot listen on {addr} for the proxy: {reason} (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --proxy-addr, or --no-proxy)"
+    )]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("the proxy listener on {0} did not come up within 10 s")]
+    NotListening(SocketAddr),
+    #[error("cannot start the proxy thread: {0}")]
+    Thread(String),
+}
+
+/// The running proxy.
+pub struct ProxyHandle {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub metrics: Arc<ProxyMetrics>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Waits for Pingora's thread to finish after shutdown was signalled.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Pingora's shutdown trigger: the agent's stop channel.
+struct AgentShutdown(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for AgentShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Rebuilds the table whenever the catalog's committed index moves.
+async fn follow_catalog(
+    catalog: Catalog,
+    mut builder: TableBuilder,
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<ProxyMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rx = catalog.subscribe();
+    let mut last = table.load().index;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if snap.last_index() != last {
+            let started = Instant::now();
+            let next = builder.build(&snap);
+            last = next.index;
+            table.store(Arc::new(next));
+            metrics.rebuilds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.rebuild_duration.observe(started.elapsed());
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Starts the proxy: the rebuilder on the current Tokio runtime, Pingora on a thread of
+/// its own. Fails if a listener cannot be bound.
+pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>) -> Result<ProxyHandle, ProxyError> {
+    for addr in &config.listen {
+        TcpListener::bind(addr).map_err(|e| ProxyError::Bind { addr: *addr, reason: e.to_string() })?;
+    }
+    let metrics = Arc::new(ProxyMetrics::default());
+    let mut builder = TableBuilder::new(config.table.clone(), metrics.clone());
+    let table = Arc::new(ArcSwap::from_pointee(builder.build(&catalog.snapshot())));
+    tokio::spawn(follow_catalog(catalog, builder, table.clone(), metrics.clone(), stop.clone()));
+
+    let conf = ServerConf {
+        threads: config.threads.max(1),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: 256,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let proxy = WharfProxy {
+        table: table.clone(),
+        settings: config.upstream.clone(),
+        metrics: metrics.clone(),
+        access_log: config.access_log,
+        scheme: "http",
+    };
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    if let Some(app) = service.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    for addr in &config.listen {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+    let shutdown = AgentShutdown(stop);
+    let thread = std::thread::Builder::new()
+        .name("wharf-proxy".into())
+        .spawn(move || server.run(RunArgs { shutdown_signal: Box::new(shutdown) }))
+        .map_err(|e| ProxyError::Thread(e.to_string()))?;
+
+    // Pingora binds inside its own thread; make sure it really listens.
+    for addr in &config.listen {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let probe =
+            if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { *addr };
+        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(ProxyError::NotListening(*addr));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(ProxyHandle { table, metrics, thread: Some(thread) })
+}

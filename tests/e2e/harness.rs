@@ -82,6 +82,9 @@ impl Agent {
             .args(["--http-port", &self.http_port.to_string()])
             .args(["--raft-port", &self.raft_port.to_string()])
             .args(&self.extra)
+            // Tests that want the proxy pass --proxy-addr on a free port; others must not
+            // compete for :80.
+            .args(if self.extra.iter().any(|a| a == "--proxy-addr") { &[][..] } else { &["--no-proxy"][..] })
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

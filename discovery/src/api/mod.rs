@@ -83,12 +83,17 @@ pub enum AgentControl {
     Leave(oneshot::Sender<()>),
 }
 
+/// Appends Prometheus text for one subsystem (the proxy, later health checks).
+pub type MetricsRenderer = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub catalog: Catalog,
     pub cluster: Arc<dyn Cluster>,
     pub agent: Arc<AgentInfo>,
     pub control: mpsc::Sender<AgentControl>,
+    /// Subsystems whose metrics `/metrics` and `/v1/agent/metrics?format=prometheus` show.
+    pub metrics: Vec<MetricsRenderer>,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -712,6 +717,42 @@ async fn status_peers(State(st): State<ApiState>) -> ApiResult {
     Ok(([("content-type", "application/json")], json!(st.cluster.peers()).to_string()).into_response())
 }
 
+/// The catalog's own metrics plus every registered subsystem's, as Prometheus text.
+fn prometheus_text(st: &ApiState) -> String {
+    use std::fmt::Write;
+    let snap = st.catalog.snapshot();
+    let leader = st.cluster.leader_status();
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP wharf_raft_applied_index Last Raft log index applied to the catalog.");
+    let _ = writeln!(out, "# TYPE wharf_raft_applied_index gauge\nwharf_raft_applied_index {}", snap.last_index());
+    let _ = writeln!(out, "# HELP wharf_raft_known_leader 1 when a leader is known.");
+    let _ = writeln!(
+        out,
+        "# TYPE wharf_raft_known_leader gauge\nwharf_raft_known_leader {}",
+        u8::from(leader.known_leader)
+    );
+    let _ = writeln!(out, "# HELP wharf_catalog_services Service names in the catalog.");
+    let _ =
+        writeln!(out, "# TYPE wharf_catalog_services gauge\nwharf_catalog_services {}", snap.service_names().0.len());
+    let _ = writeln!(out, "# HELP wharf_catalog_nodes Nodes in the catalog.");
+    let _ = writeln!(out, "# TYPE wharf_catalog_nodes gauge\nwharf_catalog_nodes {}", snap.nodes().0.len());
+    for render in &st.metrics {
+        render(&mut out);
+    }
+    out
+}
+
+async fn metrics(State(st): State<ApiState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = Params::parse(raw.as_deref());
+    match p.get("format") {
+        Some("prometheus") | None => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!("Unsupported metrics format {other:?}: use format=prometheus")));
+        }
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], prometheus_text(&st)).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("Invalid URL path: not a recognized HTTP API endpoint".into())
 }
@@ -749,6 +790,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/{*key}", get(kv_get_key).put(kv_put_key).delete(kv_delete_key))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
+        .route("/v1/agent/metrics", get(metrics))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE_BYTES * 2))
         .with_state(state)

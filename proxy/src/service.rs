@@ -1,0 +1,353 @@
+//! The Pingora `ProxyHttp` implementation: per request, one `ArcSwap::load` of the route
+//! table, a lookup, an instance choice, and proxying with retries, passive ejection,
+//! X-Forwarded-* headers, metrics and an optional access log.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::balance::{HashKey, InflightGuard, Policy, Upstream};
+use crate::metrics::ProxyMetrics;
+use crate::route_table::{Route, RouteTable};
+
+/// Timeouts, retries and ejection, with their units.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long an idle upstream keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Idle time allowed on a client keep-alive connection.
+    pub client_keepalive: Duration,
+    /// Extra attempts on another instance after an upstream failure, for idempotent
+    /// requests (connection failures before sending are always retried).
+    pub retries: usize,
+    /// Consecutive failures that eject an instance (0 = never).
+    pub eject_after: u32,
+    pub eject_for: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            client_keepalive: Duration::from_secs(60),
+            retries: 2,
+            eject_after: 5,
+            eject_for: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A JSON-lines access log (off by default).
+pub struct AccessLog(Mutex<Box<dyn Write + Send>>);
+
+impl AccessLog {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        AccessLog(Mutex::new(out))
+    }
+
+    fn write(&self, line: &serde_json::Value) {
+        if let Ok(mut w) = self.0.lock() {
+            let _ = writeln!(w, "{line}");
+        }
+    }
+}
+
+pub struct WharfProxy {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub settings: UpstreamSettings,
+    pub metrics: Arc<ProxyMetrics>,
+    pub access_log: Option<AccessLog>,
+    /// The scheme clients used on this listener (`http` or `https`).
+    pub scheme: &'static str,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    route: Option<Arc<Route>>,
+    hash_key: Option<Vec<u8>>,
+    tried: Vec<SocketAddr>,
+    current: Option<Arc<Upstream>>,
+    inflight: Option<InflightGuard>,
+    retries_used: usize,
+    started: Option<Instant>,
+    /// Status of a response this proxy wrote itself (404/503).
+    local_status: Option<u16>,
+}
+
+fn request_host(req: &RequestHeader) -> String {
+    req.headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+fn cookie_value(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
+    req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then(|| v.as_bytes().to_vec())
+    })
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+async fn write_local(session: &mut Session, status: u16, body: String) -> Result<()> {
+    let body = Bytes::from(body);
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    resp.insert_header("Content-Length", body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+impl WharfProxy {
+    fn record_failure(&self, ctx: &Ctx) {
+        if let (Some(route), Some(up)) = (&ctx.route, &ctx.current) {
+            route.service_stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            if up.state.record_failure(self.settings.eject_after, self.settings.eject_for.as_millis() as u64) {
+                route.service_stats.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %route.service, instance = %up.id, addr = %up.addr,
+                    "instance ejected for {:?} after {} consecutive failures", self.settings.eject_for, self.settings.eject_after);
+            }
+        }
+    }
+
+    /// Whether another instance is left to try.
+    fn has_untried(&self, ctx: &Ctx) -> bool {
+        ctx.route.as_ref().is_some_and(|r| r.pool.upstreams.iter().any(|u| !ctx.tried.contains(&u.addr)))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for WharfProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx { started: Some(Instant::now()), ..Default::default() }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Pingora keeps idle HTTP/1.1 connections forever unless told otherwise.
+        session.set_keepalive(Some(self.settings.client_keepalive.as_secs().max(1)));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path().to_string();
+        let table = self.table.load();
+        let Some(route) = table.lookup(&host, &path) else {
+            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            ctx.local_status = Some(404);
+            write_local(session, 404, format!("wharf: no route for host {host:?} and path {path:?}\n")).await?;
+            return Ok(true);
+        };
+        if route.pool.is_empty() {
+            ctx.route = Some(route.clone());
+            ctx.local_status = Some(503);
+            let body = format!("wharf: service {:?} has no healthy instance\n", route.service);
+            write_local(session, 503, body).await?;
+            return Ok(true);
+        }
+        ctx.hash_key = match &route.pool.policy {
+            Policy::Hash(HashKey::Header(name)) => req.headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+            Policy::Hash(HashKey::Cookie(name)) => cookie_value(req, name),
+            Policy::Hash(HashKey::ClientIp) => client_ip(session).map(|ip| ip.to_string().into_bytes()),
+            _ => None,
+        };
+        ctx.route = Some(route.clone());
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::HTTPStatus(500), "no route chosen"));
+        };
+        let Some(up) = route.pool.select(ctx.hash_key.as_deref(), &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("every instance of service {:?} failed", route.service),
+            ));
+        };
+        ctx.tried.push(up.addr);
+        ctx.inflight = Some(InflightGuard::new(up.state.clone()));
+        ctx.current = Some(up.clone());
+        let mut peer = HttpPeer::new(up.addr, false, String::new());
+        peer.options.connection_timeout = Some(self.settings.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.settings.connect_timeout);
+        peer.options.write_timeout = Some(self.settings.write_timeout);
+        peer.options.idle_timeout = Some(self.settings.idle_timeout);
+        if session.is_upgrade_req() {
+            // A WebSocket may stay quiet for long; both directions wait without a deadline.
+            peer.options.read_timeout = None;
+            session.set_read_timeout(None);
+        } else {
+            peer.options.read_timeout = Some(self.settings.read_timeout);
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.record_failure(ctx);
+        // Nothing was sent: always safe to try another instance.
+        if self.has_untried(ctx) {
+            e.set_retry(true);
+            if let Some(r) = &ctx.route {
+                r.service_stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if matches!(e.esource(), ErrorSource::Upstream) {
+            self.record_failure(ctx);
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        if !idempotent || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else if ctx.retries_used < self.settings.retries && self.has_untried(ctx) {
+            ctx.retries_used += 1;
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry()
+            && let Some(r) = &ctx.route
+        {
+            r.service_stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+            upstream.insert_header("X-Real-IP", ip.to_string())?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", self.scheme)?;
+        let host = request_host(session.req_header());
+        if !host.is_empty() {
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+        if let Some(strip) = ctx.route.as_ref().and_then(|r| r.strip.as_deref()) {
+            let path_and_query = upstream.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            if let Some(rest) = path_and_query.strip_prefix(strip) {
+                let new = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                let uri = new
+                    .parse::<http::Uri>()
+                    .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting the path", e))?;
+                upstream.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(up) = &ctx.current {
+            if resp.status.as_u16() >= 500 && resp.status.as_u16() != 501 {
+                self.record_failure(ctx);
+            } else {
+                up.state.record_success();
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let service = ctx.route.as_ref().map(|r| r.service.clone()).unwrap_or_default();
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 {
+            let body = match code {
+                502 => format!("wharf: could not reach an instance of service {service:?}\n"),
+                504 => format!("wharf: service {service:?} did not answer in time\n"),
+                400 => "wharf: bad request\n".to_string(),
+                _ => format!("wharf: error {code}\n"),
+            };
+            let _ = session.respond_error_with_body(code, Bytes::from(body)).await;
+        }
+        ctx.local_status = Some(code);
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0);
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        if let Some(route) = &ctx.route {
+            route.stats.record(status, elapsed);
+        }
+        ctx.inflight = None;
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.write(&serde_json::json!({
+                "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                "client": client_ip(session).map(|ip| ip.to_string()),
+                "method": req.method.as_str(),
+                "host": request_host(req),
+                "path": req.uri.path(),
+                "status": status,
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "service": ctx.route.as_ref().map(|r| r.service.as_str()),
+                "route": ctx.route.as_ref().map(|r| r.label.as_str()),
+                "upstream": ctx.current.as_ref().map(|u| u.addr.to_string()),
+                "attempts": ctx.tried.len(),
+                "error": e.map(|e| e.to_string()),
+            }));
+        }
+    }
+}
