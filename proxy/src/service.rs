@@ -53,6 +53,9 @@ impl Default for UpstreamSettings {
     }
 }
 
+/// Largest request head accepted (request line plus headers); larger gets 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// A JSON-lines access log (off by default).
 pub struct AccessLog(Mutex<Box<dyn Write + Send>>);
 
@@ -146,7 +149,37 @@ impl ProxyHttp for WharfProxy {
         Ctx { started: Some(Instant::now()), ..Default::default() }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let req = session.req_header();
+        // Pingora drops Content-Length when Transfer-Encoding is present and turns
+        // keep-alive off; a keep-alive-capable HTTP/1.1 request that arrives with keep-alive
+        // off and chunked framing had both. wharf refuses that smuggling shape outright.
+        let closing = req
+            .headers
+            .get("connection")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+        if !session.is_http2()
+            && req.version == http::Version::HTTP_11
+            && req.headers.contains_key("transfer-encoding")
+            && session.get_keepalive().is_none()
+            && !closing
+        {
+            ctx.local_status = Some(400);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(400),
+                "Content-Length together with Transfer-Encoding is refused",
+            ));
+        }
+        let header_bytes: usize =
+            req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + req.uri.to_string().len();
+        if header_bytes > MAX_HEADER_BYTES {
+            ctx.local_status = Some(431);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(431),
+                format!("request headers of {header_bytes} bytes exceed {MAX_HEADER_BYTES}"),
+            ));
+        }
         // Pingora keeps idle HTTP/1.1 connections forever unless told otherwise.
         session.set_keepalive(Some(self.settings.client_keepalive.as_secs().max(1)));
         Ok(())
@@ -316,7 +349,10 @@ impl ProxyHttp for WharfProxy {
             let body = match code {
                 502 => format!("wharf: could not reach an instance of service {service:?}\n"),
                 504 => format!("wharf: service {service:?} did not answer in time\n"),
-                400 => "wharf: bad request\n".to_string(),
+                400 => {
+                    format!("wharf: bad request: {}\n", e.context.as_ref().map(|c| c.as_str()).unwrap_or("malformed"))
+                }
+                431 => "wharf: request header fields too large\n".to_string(),
                 _ => format!("wharf: error {code}\n"),
             };
             let _ = session.respond_error_with_body(code, Bytes::from(body)).await;

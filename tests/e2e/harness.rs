@@ -85,6 +85,12 @@ impl Agent {
             // Tests that want the proxy pass --proxy-addr on a free port; others must not
             // compete for :80.
             .args(if self.extra.iter().any(|a| a == "--proxy-addr") { &[][..] } else { &["--no-proxy"][..] })
+            // Every agent gets its own DNS port unless the test chose one (or --no-dns).
+            .args(if self.extra.iter().any(|a| a == "--dns-port" || a == "--no-dns") {
+                Vec::new()
+            } else {
+                vec!["--dns-port".to_string(), free_port().to_string()]
+            })
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -234,4 +240,107 @@ impl Api {
         assert_eq!(r.status, 200, "GET {path}: {}", r.body);
         (r.json(), r.index.unwrap_or(0))
     }
+}
+
+/// A real HTTP backend on loopback that answers with its name. `GET /headers` echoes the
+/// request headers as JSON; `GET /slow?ms=N` answers after N ms. It runs on a runtime of
+/// its own, so `kill` really drops every connection, like a crashed process.
+pub struct Backend {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        use axum::extract::{Query, Request};
+        use axum::routing::get;
+
+        let n1 = name.to_string();
+        let n2 = name.to_string();
+        let app = axum::Router::new()
+            .route(
+                "/headers",
+                get(|req: Request| async move {
+                    let h: serde_json::Map<String, Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
+                        .collect();
+                    axum::Json(Value::Object(h))
+                }),
+            )
+            .route(
+                "/slow",
+                get(move |Query(q): Query<std::collections::HashMap<String, u64>>| async move {
+                    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(500))).await;
+                    n1
+                }),
+            )
+            .fallback(move |req: Request| async move { format!("{n2} {}", req.uri().path()) });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("backend runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+                let _ = addr_tx.send(listener.local_addr().expect("addr"));
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                });
+                tokio::select! {
+                    _ = serve => {}
+                    _ = kill_rx => {}
+                }
+            });
+            // Dropping the runtime drops every connection task: a crash, not a close.
+            rt.shutdown_background();
+        });
+        let addr = addr_rx.await.expect("backend address");
+        Backend { name: name.to_string(), addr, stop: Some(stop_tx), kill: Some(kill_tx), thread: Some(thread) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops accepting, lets in-flight requests finish.
+    pub async fn stop_gracefully(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Disappears at once, connections and all (a crash).
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.kill.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A service registration body for a backend.
+pub fn backend_service(b: &Backend, service: &str, extra: Value) -> String {
+    let mut v = serde_json::json!({
+        "ID": format!("{service}-{}", b.port()), "Name": service, "Address": "127.0.0.1", "Port": b.port(),
+    });
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v.to_string()
 }

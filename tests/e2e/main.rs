@@ -8,4 +8,5 @@ mod cluster;
 mod config_dir;
 mod crash;
 mod harness;
+mod proxy;
 mod python_client;

@@ -1,0 +1,472 @@
+//! The proxy end to end: the real binary, real backends on loopback. Pools follow the
+//! catalog within 50 ms of an acknowledged write, every routing form and balancing mode,
+//! headers, retries and ejection, WebSockets, and request-smuggling shapes refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Agent, Api, Backend, backend_service, free_port};
+
+pub struct ProxyAgent {
+    pub _agent: Agent,
+    pub api: Api,
+    pub proxy: String,
+    pub client: reqwest::Client,
+}
+
+impl ProxyAgent {
+    pub async fn start(extra: &[&str]) -> ProxyAgent {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args: Vec<&str> = vec!["--proxy-addr", &addr, "--proxy-threads", "2"];
+        args.extend_from_slice(extra);
+        let agent = Agent::dev_with(&args).await;
+        let api = Api::new(&agent);
+        ProxyAgent { _agent: agent, api, proxy: format!("http://{addr}"), client: reqwest::Client::new() }
+    }
+
+    /// One request through the proxy: (status, body).
+    pub async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.proxy))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("proxy request failed: {e}"));
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// Which backends answer `n` requests, by name.
+    pub async fn spread(&self, host: &str, path: &str, n: usize) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for _ in 0..n {
+            let (status, body) = self.get(host, path).await;
+            assert_eq!(status, 200, "{body}");
+            let name = body.split_whitespace().next().unwrap_or("").to_string();
+            *m.entry(name).or_default() += 1;
+        }
+        m
+    }
+}
+
+fn names(m: &HashMap<String, usize>) -> Vec<String> {
+    let mut v: Vec<String> = m.keys().cloned().collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_follow_the_catalog_within_50ms() {
+    let p = ProxyAgent::start(&[]).await;
+    let backends = [Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    for b in &backends {
+        let body = backend_service(
+            b,
+            "web",
+            json!({"Check": {"CheckID": format!("ttl-{}", b.name), "TTL": "10m", "Status": "passing"}}),
+        );
+        p.api.put_ok("/v1/agent/service/register", body).await;
+    }
+    let seen = p.spread("web.localhost", "/", 30).await;
+    assert_eq!(names(&seen), ["b1", "b2", "b3"], "all three receive requests");
+    assert!(seen.values().all(|n| *n == 10), "round robin is even: {seen:?}");
+
+    // Deregistering one: gone from rotation within 50 ms of the acknowledged write.
+    p.api.put_ok(&format!("/v1/agent/service/deregister/web-{}", backends[0].port()), "").await;
+    let acked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50).saturating_sub(acked.elapsed())).await;
+    let seen = p.spread("web.localhost", "/", 20).await;
+    assert_eq!(names(&seen), ["b2", "b3"], "deregistered instance still served");
+
+    // A failing check takes an instance out too, and passing brings it back.
+    p.api.put_ok("/v1/agent/check/fail/ttl-b2", "").await;
+    let acked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50).saturating_sub(acked.elapsed())).await;
+    assert_eq!(names(&p.spread("web.localhost", "/", 10).await), ["b3"]);
+    p.api.put_ok("/v1/agent/check/pass/ttl-b2", "").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(names(&p.spread("web.localhost", "/", 10).await), ["b2", "b3"]);
+
+    // All gone: 503 naming the service, never a silent fallback.
+    p.api.put_ok("/v1/agent/check/fail/ttl-b2", "").await;
+    p.api.put_ok("/v1/agent/check/fail/ttl-b3", "").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = p.get("web.localhost", "/").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("\"web\"") && body.contains("no healthy instance"), "{body}");
+
+    // Re-registered: serves again.
+    p.api.put_ok("/v1/agent/service/register", backend_service(&backends[0], "web", json!({}))).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(names(&p.spread("web.localhost", "/", 5).await), ["b1"]);
+
+    // The route-table metrics moved with it.
+    let m = p.api.get("/v1/agent/metrics?format=prometheus").await.body;
+    assert!(
+        m.contains("wharf_proxy_requests_total{service=\"web\",route=\"host:web.localhost\",status=\"503\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("wharf_proxy_pool_size{service=\"web\"} 1"), "{m}");
+    assert!(m.contains("wharf_proxy_route_table_rebuilds_total"));
+    assert_eq!(p.api.get("/metrics").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_forms() {
+    let p = ProxyAgent::start(&["--default-service", "home", "--proxy-domain", "apps.test"]).await;
+    let (api1, api2, shop, home, other) = (
+        Backend::start("api1").await,
+        Backend::start("api2").await,
+        Backend::start("shop").await,
+        Backend::start("home").await,
+        Backend::start("other").await,
+    );
+    p.api
+        .put_ok(
+            "/v1/agent/service/register",
+            backend_service(&api1, "api", json!({"Tags": ["urlprefix-/api strip=/api"]})),
+        )
+        .await;
+    p.api
+        .put_ok("/v1/agent/service/register", backend_service(&api2, "apiv2", json!({"Tags": ["urlprefix-/api/v2"]})))
+        .await;
+    p.api
+        .put_ok(
+            "/v1/agent/service/register",
+            backend_service(&shop, "shop", json!({"Meta": {"wharf-route": "shop.example.com/"}})),
+        )
+        .await;
+    p.api.put_ok("/v1/agent/service/register", backend_service(&home, "home", json!({}))).await;
+    p.api.put_ok("/v1/agent/service/register", backend_service(&other, "other", json!({}))).await;
+
+    // (a) Fabio prefixes: longest wins, strip removes the prefix.
+    assert_eq!(p.get("x", "/api/users").await, (200, "api1 /users".to_string()));
+    assert_eq!(p.get("x", "/api/v2/users").await, (200, "api2 /api/v2/users".to_string()));
+    assert_eq!(p.get("shop.example.com", "/cart").await, (200, "shop /cart".to_string()));
+    // (b) <service>.<domain>
+    assert_eq!(p.get("other.apps.test", "/x").await, (200, "other /x".to_string()));
+    assert_eq!(p.get("OTHER.apps.test:8080", "/x").await.0, 200);
+    // (c) the default service, then changed through KV without a restart.
+    assert_eq!(p.get("unknown.example", "/").await, (200, "home /".to_string()));
+    p.api.put_ok("/v1/kv/wharf/proxy/default-service", "other").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(p.get("unknown.example", "/").await, (200, "other /".to_string()));
+
+    // No route at all: 404 naming host and path.
+    let bare = ProxyAgent::start(&[]).await;
+    let (status, body) = bare.get("nowhere.test", "/some/path").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("nowhere.test") && body.contains("/some/path"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancing_modes() {
+    let p = ProxyAgent::start(&[]).await;
+    let b = [Backend::start("w1").await, Backend::start("w2").await, Backend::start("w3").await];
+    let reg = |svc: &str, i: usize, extra: Value| backend_service(&b[i], svc, extra);
+    // weighted by Weights.Passing 3:1:1
+    for (i, w) in [3, 1, 1].iter().enumerate() {
+        p.api
+            .put_ok(
+                "/v1/agent/service/register",
+                reg("wt", i, json!({"Weights": {"Passing": w, "Warning": 1}, "Meta": {"wharf-lb": "weighted"}})),
+            )
+            .await;
+    }
+    let seen = p.spread("wt.localhost", "/", 50).await;
+    assert_eq!((seen["w1"], seen["w2"], seen["w3"]), (30, 10, 10), "{seen:?}");
+
+    // consistent hashing on a header: sticky per value, spread across values
+    for i in 0..3 {
+        p.api
+            .put_ok("/v1/agent/service/register", reg("hh", i, json!({"Meta": {"wharf-lb": "hash:header:X-User"}})))
+            .await;
+    }
+    let mut by_user = HashMap::new();
+    for u in 0..30 {
+        let mut first = None;
+        for _ in 0..3 {
+            let r = p
+                .client
+                .get(format!("{}/", p.proxy))
+                .header("host", "hh.localhost")
+                .header("x-user", format!("user-{u}"))
+                .send()
+                .await
+                .expect("req");
+            let body = r.text().await.expect("body");
+            let name = body.split_whitespace().next().unwrap_or("").to_string();
+            assert!(first.get_or_insert(name.clone()) == &name, "user-{u} moved between instances");
+        }
+        *by_user.entry(first.unwrap_or_default()).or_insert(0) += 1;
+    }
+    assert_eq!(by_user.len(), 3, "30 users spread over all instances: {by_user:?}");
+
+    // consistent hashing on a cookie
+    for i in 0..3 {
+        p.api
+            .put_ok("/v1/agent/service/register", reg("hc", i, json!({"Meta": {"wharf-lb": "hash:cookie:session"}})))
+            .await;
+    }
+    let mut owners = std::collections::HashSet::new();
+    for s in 0..20 {
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let r = p
+                .client
+                .get(format!("{}/", p.proxy))
+                .header("host", "hc.localhost")
+                .header("cookie", format!("a=1; session=s{s}"))
+                .send()
+                .await
+                .expect("req");
+            names.insert(r.text().await.expect("body").split_whitespace().next().unwrap_or("").to_string());
+        }
+        assert_eq!(names.len(), 1, "session s{s} not sticky");
+        owners.extend(names);
+    }
+    assert!(owners.len() >= 2, "sessions spread: {owners:?}");
+
+    // consistent hashing on the client IP: one client, one instance
+    for i in 0..3 {
+        p.api.put_ok("/v1/agent/service/register", reg("hip", i, json!({"Meta": {"wharf-lb": "hash:ip"}}))).await;
+    }
+    assert_eq!(p.spread("hip.localhost", "/", 12).await.len(), 1);
+
+    // least connections: a busy instance is avoided while its request is in flight
+    for i in 0..2 {
+        p.api.put_ok("/v1/agent/service/register", reg("lc", i, json!({"Meta": {"wharf-lb": "least_conn"}}))).await;
+    }
+    let slow = {
+        let (c, u) = (p.client.clone(), format!("{}/slow?ms=1500", p.proxy));
+        tokio::spawn(async move { c.get(u).header("host", "lc.localhost").send().await.map(|r| r.status().as_u16()) })
+    };
+    // Until the slow request is in flight, least-conn ties alternate; once it is, every
+    // fast request avoids the busy instance.
+    let deadline = Instant::now() + Duration::from_millis(1200);
+    let mut avoided = false;
+    while Instant::now() < deadline {
+        if p.spread("lc.localhost", "/", 10).await.len() == 1 {
+            avoided = true;
+            break;
+        }
+    }
+    assert!(avoided, "fast requests kept going to the instance busy with the slow one");
+    assert_eq!(slow.await.expect("join").expect("slow request"), 200);
+    // round robin (the default) alternates
+    let seen = p.spread("lc.localhost", "/", 10).await;
+    assert!(seen.len() == 2, "idle again, both used: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_websocket() {
+    let p = ProxyAgent::start(&[]).await;
+    let b = Backend::start("h1").await;
+    p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    let r = p
+        .client
+        .get(format!("{}/headers", p.proxy))
+        .header("host", "web.localhost")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .expect("req");
+    let h: Value = r.json().await.expect("json");
+    assert_eq!(h["host"], "web.localhost", "Host preserved");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "web.localhost");
+
+    // WebSocket upgrade passes through to a backend that speaks it (raw TCP echo).
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ws_port = ws.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = ws.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            assert!(req.contains("upgrade: websocket"), "{req}");
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    p.api
+        .put_ok(
+            "/v1/agent/service/register",
+            json!({"ID": "ws-1", "Name": "ws", "Address": "127.0.0.1", "Port": ws_port}).to_string(),
+        )
+        .await;
+    let mut c = tokio::net::TcpStream::connect(p.proxy.trim_start_matches("http://")).await.expect("connect");
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write_all(b"ping-frame-bytes").await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("echo in time").expect("read");
+    assert_eq!(&buf[..n], b"ping-frame-bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_retried_and_ejected() {
+    let p = ProxyAgent::start(&["--proxy-eject-after", "2", "--proxy-eject-for", "30s"]).await;
+    let mut b = [Backend::start("k1").await, Backend::start("k2").await, Backend::start("k3").await];
+    for x in &b {
+        p.api.put_ok("/v1/agent/service/register", backend_service(x, "web", json!({}))).await;
+    }
+    assert_eq!(p.spread("web.localhost", "/", 9).await.len(), 3);
+    b[0].kill();
+    // Not deregistered: requests that would go to it are retried elsewhere.
+    let seen = p.spread("web.localhost", "/", 60).await;
+    assert_eq!(names(&seen), ["k2", "k3"], "no client error, no answer from the dead one");
+    let m = p.api.get("/metrics").await.body;
+    let ejections = m
+        .lines()
+        .find(|l| l.starts_with("wharf_proxy_ejections_total{service=\"web\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(ejections >= 1, "the dead instance is ejected: {m}");
+    let errors_before =
+        m.lines().find(|l| l.starts_with("wharf_proxy_upstream_errors_total{service=\"web\"}")).map(str::to_string);
+    // Ejected: further requests do not even try it.
+    p.spread("web.localhost", "/", 30).await;
+    let m = p.api.get("/metrics").await.body;
+    let errors_after =
+        m.lines().find(|l| l.starts_with("wharf_proxy_upstream_errors_total{service=\"web\"}")).map(str::to_string);
+    assert_eq!(errors_before, errors_after, "an ejected instance gets no attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_are_refused() {
+    let p = ProxyAgent::start(&[]).await;
+    let b = Backend::start("s1").await;
+    p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    let addr = p.proxy.trim_start_matches("http://").to_string();
+    let raw = |req: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            c.write_all(req).await.expect("write");
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+            String::from_utf8_lossy(&buf).to_string()
+        }
+    };
+    let cl_te = raw(
+        b"POST / HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(cl_te.starts_with("HTTP/1.1 400"), "CL+TE: {cl_te}");
+    let two_cl =
+        raw(b"POST / HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde").await;
+    assert!(two_cl.starts_with("HTTP/1.1 400"), "conflicting CL: {two_cl}");
+    let fold = raw(b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-A: a\r\n b\r\n\r\n").await;
+    assert!(fold.starts_with("HTTP/1.1 400"), "obs-fold: {fold}");
+    let garbage = raw(b"GET / HTTP/1.1\r\nHost web.localhost\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "malformed: {garbage}");
+    let big = format!("GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(80 * 1024));
+    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    let over = raw(big).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "oversized headers: {}", &over[..over.len().min(80)]);
+    // A sane request on the same proxy still works.
+    assert_eq!(p.get("web.localhost", "/").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn churn_with_200_keepalive_clients_loses_no_request() {
+    const CLIENTS: usize = 200;
+    const CYCLES: usize = 500;
+    const SECONDS: u64 = 20;
+    let p = ProxyAgent::start(&[]).await;
+    let stable = [Backend::start("s1").await, Backend::start("s2").await, Backend::start("s3").await];
+    for b in &stable {
+        p.api.put_ok("/v1/agent/service/register", backend_service(b, "web", json!({}))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failures = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+    let churned_served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (url, ok, failures, churned) = (p.proxy.clone(), ok.clone(), failures.clone(), churned_served.clone());
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client.
+            let c = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+            while Instant::now() < deadline {
+                match c.get(format!("{url}/")).header("host", "web.localhost").send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let body = r.text().await.unwrap_or_default();
+                        if body.starts_with('c') {
+                            churned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        failures.lock().await.push(format!("{status}: {body}"));
+                    }
+                    Err(e) => failures.lock().await.push(format!("transport: {e}")),
+                }
+            }
+        }));
+    }
+    // Churn: two loops of register -> serve a little -> deregister -> graceful stop.
+    let mut churners = Vec::new();
+    for lane in 0..2 {
+        let api = p.api.clone();
+        churners.push(tokio::spawn(async move {
+            let mut done = 0;
+            for i in 0..CYCLES / 2 {
+                let mut b = Backend::start(&format!("c{lane}-{i}")).await;
+                let id = format!("web-{}", b.port());
+                api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                api.put_ok(&format!("/v1/agent/service/deregister/{id}"), "").await;
+                b.stop_gracefully().await;
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut cycles = 0;
+    for c in churners {
+        cycles += c.await.expect("churner");
+    }
+    let churn_done = Instant::now();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let failures = failures.lock().await;
+    let total = ok.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "churn: {total} requests from {CLIENTS} clients over {SECONDS}s, {cycles} register/deregister cycles \
+         (finished {:?} before the load), {} served by churned instances, {} failed",
+        deadline.saturating_duration_since(churn_done),
+        churned_served.load(std::sync::atomic::Ordering::Relaxed),
+        failures.len()
+    );
+    assert_eq!(cycles, CYCLES);
+    assert!(churn_done <= deadline, "the churn must happen while the load runs");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(churned_served.load(std::sync::atomic::Ordering::Relaxed) > 0, "churned instances took traffic");
+}
