@@ -10,6 +10,7 @@ pub mod balance;
 pub mod metrics;
 pub mod route_table;
 pub mod service;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub struct ProxyConfig {
     pub table: TableSettings,
     pub upstream: UpstreamSettings,
     pub access_log: Option<AccessLog>,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN) and its certificates.
+    pub tls_listen: Option<SocketAddr>,
+    pub certs: Vec<tls::CertPaths>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,16 +53,30 @@ pub enum ProxyError {
     NotListening(SocketAddr),
     #[error("cannot start the proxy thread: {0}")]
     Thread(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot set up TLS on {addr}: {reason}")]
+    TlsSetup { addr: SocketAddr, reason: String },
 }
 
 /// The running proxy.
 pub struct ProxyHandle {
     pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<ProxyMetrics>,
+    /// The TLS certificates, reloadable (SIGHUP).
+    pub certs: Option<Arc<tls::CertStore>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ProxyHandle {
+    /// Re-reads the certificate files; the old ones stay in use on error.
+    pub fn reload_tls(&self) -> Result<usize, tls::TlsError> {
+        match &self.certs {
+            Some(c) => c.reload(),
+            None => Ok(0),
+        }
+    }
+
     /// Waits for Pingora's thread to finish after shutdown was signalled.
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
@@ -109,9 +127,14 @@ async fn follow_catalog(
 /// Starts the proxy: the rebuilder on the current Tokio runtime, Pingora on a thread of
 /// its own. Fails if a listener cannot be bound.
 pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>) -> Result<ProxyHandle, ProxyError> {
-    for addr in &config.listen {
+    let all_listeners: Vec<SocketAddr> = config.listen.iter().copied().chain(config.tls_listen).collect();
+    for addr in &all_listeners {
         TcpListener::bind(addr).map_err(|e| ProxyError::Bind { addr: *addr, reason: e.to_string() })?;
     }
+    let certs = match config.tls_listen {
+        Some(_) => Some(Arc::new(tls::CertStore::load(config.certs.clone())?)),
+        None => None,
+    };
     let metrics = Arc::new(ProxyMetrics::default());
     let mut builder = TableBuilder::new(config.table.clone(), metrics.clone());
     let table = Arc::new(ArcSwap::from_pointee(builder.build(&catalog.snapshot())));
@@ -131,7 +154,6 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
         settings: config.upstream.clone(),
         metrics: metrics.clone(),
         access_log: config.access_log,
-        scheme: "http",
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     if let Some(app) = service.app_logic_mut() {
@@ -142,6 +164,13 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
     for addr in &config.listen {
         service.add_tcp(&addr.to_string());
     }
+    if let (Some(addr), Some(store)) = (config.tls_listen, &certs) {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+            .map_err(|e| ProxyError::TlsSetup { addr, reason: e.to_string() })?;
+        settings.set_cert_resolver(Arc::new(tls::SniResolver(store.clone())));
+        settings.enable_h2();
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
     server.add_service(service);
     let shutdown = AgentShutdown(stop);
     let thread = std::thread::Builder::new()
@@ -150,7 +179,7 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
         .map_err(|e| ProxyError::Thread(e.to_string()))?;
 
     // Pingora binds inside its own thread; make sure it really listens.
-    for addr in &config.listen {
+    for addr in &all_listeners {
         let deadline = Instant::now() + Duration::from_secs(10);
         let probe =
             if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { *addr };
@@ -161,5 +190,5 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    Ok(ProxyHandle { table, metrics, thread: Some(thread) })
+    Ok(ProxyHandle { table, metrics, certs, thread: Some(thread) })
 }

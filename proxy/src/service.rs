@@ -76,8 +76,6 @@ pub struct WharfProxy {
     pub settings: UpstreamSettings,
     pub metrics: Arc<ProxyMetrics>,
     pub access_log: Option<AccessLog>,
-    /// The scheme clients used on this listener (`http` or `https`).
-    pub scheme: &'static str,
 }
 
 #[derive(Default)]
@@ -302,7 +300,8 @@ impl ProxyHttp for WharfProxy {
             upstream.insert_header("X-Forwarded-For", xff)?;
             upstream.insert_header("X-Real-IP", ip.to_string())?;
         }
-        upstream.insert_header("X-Forwarded-Proto", self.scheme)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
         let host = request_host(session.req_header());
         if !host.is_empty() {
             upstream.insert_header("X-Forwarded-Host", host)?;
