@@ -39,7 +39,16 @@ async fn main() -> Result<(), String> {
     let (http, raft, proxy) = (free_port(), free_port(), free_port());
     let _wharf = Proc(
         Command::new(BIN)
-            .args(["agent", "--dev", "--node", "bench", "--http-port", &http.to_string(), "--raft-port", &raft.to_string()])
+            .args([
+                "agent",
+                "--dev",
+                "--node",
+                "bench",
+                "--http-port",
+                &http.to_string(),
+                "--raft-port",
+                &raft.to_string(),
+            ])
             .args(["--proxy-addr", &format!("127.0.0.1:{proxy}"), "--proxy-threads", "1"])
             .arg("--data-dir")
             .arg(tmp.path().join("data"))
@@ -65,9 +74,8 @@ async fn main() -> Result<(), String> {
     }
     let ports = [backend("A").await?, backend("B").await?];
     let names = ["A", "B"];
-    let register = |i: usize| {
-        format!(r#"{{"ID":"lat-{}","Name":"lat","Address":"127.0.0.1","Port":{}}}"#, names[i], ports[i])
-    };
+    let register =
+        |i: usize| format!(r#"{{"ID":"lat-{}","Name":"lat","Address":"127.0.0.1","Port":{}}}"#, names[i], ports[i]);
     let put = |path: String, body: String| {
         let c = client.clone();
         async move {

@@ -11,6 +11,7 @@ use clap::Args;
 use discovery::api::{self, AgentControl, AgentInfo, ApiState};
 use discovery::catalog::Cluster;
 use discovery::command::Command;
+use discovery::dns::{DnsConfig, DnsOptions, DnsServer};
 use discovery::model::{CheckStatus, HealthCheck};
 use discovery::raft::network;
 use discovery::raft::node::{RaftNode, RaftSettings};
@@ -71,6 +72,60 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 8192)]
     pub raft_snapshot_threshold: u64,
 
+    /// Address the DNS server (UDP and TCP) binds to.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub dns_addr: IpAddr,
+    /// DNS port, UDP and TCP (53 needs root or CAP_NET_BIND_SERVICE).
+    #[arg(long, default_value_t = 8600)]
+    pub dns_port: u16,
+    /// Do not run the DNS server.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Domain the DNS server answers (`web.service.<domain>`).
+    #[arg(long, value_name = "NAME", default_value = "consul")]
+    pub domain: String,
+    /// A second domain answered the same way.
+    #[arg(long, value_name = "NAME")]
+    pub alt_domain: Option<String>,
+    /// Leave instances whose worst check is `warning` out of DNS answers (critical ones
+    /// always are).
+    #[arg(long)]
+    pub dns_only_passing: bool,
+    /// Most A/AAAA records in one DNS answer (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub dns_a_record_limit: usize,
+    /// TTL of node records (Go duration, whole seconds used, e.g. 30s).
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub dns_node_ttl: String,
+    /// TTL of a service's records, NAME=DURATION (e.g. web=30s); NAME may end in `*` as a
+    /// prefix wildcard, `*` alone is the default (0s otherwise); repeatable.
+    #[arg(long, value_name = "NAME=DURATION")]
+    pub dns_service_ttl: Vec<String>,
+    /// Upstream DNS server (IP or IP:PORT, port 53 by default) for names outside the
+    /// domain; repeatable, tried in order. Without one such names are REFUSED.
+    #[arg(long, value_name = "ADDR")]
+    pub recursor: Vec<String>,
+    /// Threads answering DNS, on a runtime of their own so a query flood cannot starve the
+    /// HTTP API or the proxy.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub dns_threads: usize,
+
+    /// Watch the local Docker engine (`/var/run/docker.sock`, or DOCKER_HOST): off, auto
+    /// (when the socket exists) or on.
+    #[arg(long, default_value = "auto", value_name = "off|auto|on")]
+    pub docker: discovery::docker::DockerWatch,
+    /// Register containers' exposed ports at their container IP instead of published host
+    /// ports (Registrator's -internal).
+    #[arg(long)]
+    pub docker_internal: bool,
+    /// With --docker-internal, the Docker network whose container IP is registered.
+    #[arg(long, value_name = "NAME")]
+    pub docker_network: Option<String>,
+    /// Only register containers that name their service (SERVICE_NAME, SERVICE_<port>_NAME
+    /// or the wharf.service label).
+    #[arg(long)]
+    pub docker_explicit: bool,
+
     /// Proxy listener (HTTP/1.1 and h2c); repeatable. Ports below 1024 need root or
     /// CAP_NET_BIND_SERVICE.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
@@ -78,6 +133,13 @@ pub struct AgentArgs {
     /// Do not run the proxy.
     #[arg(long)]
     pub no_proxy: bool,
+    /// TLS listener of the proxy (HTTP/1.1 and HTTP/2 by ALPN); needs --proxy-cert.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_tls_addr: Option<SocketAddr>,
+    /// Certificate and key for the TLS listener, `CERT.pem:KEY.pem`; repeatable, chosen per
+    /// connection by SNI; re-read on SIGHUP.
+    #[arg(long, value_name = "CERT:KEY")]
+    pub proxy_cert: Vec<proxy::tls::CertPaths>,
     /// Proxy worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub proxy_threads: Option<usize>,
@@ -136,12 +198,16 @@ fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
 /// The agent's settings after defaults and validation.
 struct Resolved {
     proxy: Option<ProxySettings>,
+    /// `None` when Docker is not watched.
+    docker: Option<discovery::docker::labels::Mode>,
     info: AgentInfo,
     raft: RaftSettings,
     http_addr: SocketAddr,
     raft_bind: SocketAddr,
     data_dir: PathBuf,
     config_dirs: Vec<PathBuf>,
+    /// `None` with --no-dns.
+    dns: Option<DnsConfig>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -248,6 +314,9 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         voter,
         snapshot_threshold: args.raft_snapshot_threshold,
     };
+    if !args.proxy_cert.is_empty() && args.proxy_tls_addr.is_none() {
+        bail!("--proxy-cert needs --proxy-tls-addr (the TLS listener)");
+    }
     let proxy = if args.no_proxy {
         None
     } else {
@@ -273,9 +342,21 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
                 eject_for: args.proxy_eject_for,
             },
             access_log: args.access_log.clone(),
+            tls_listen: args.proxy_tls_addr,
+            certs: args.proxy_cert.clone(),
         })
     };
+    let dns = dns_config(args)?;
+    let docker = args.docker.enabled().then(|| discovery::docker::labels::Mode {
+        internal: args.docker_internal,
+        network: args.docker_network.clone(),
+        explicit: args.docker_explicit,
+        node: info.node_name.clone(),
+        advertise: info.advertise.clone(),
+        datacenter: info.datacenter.clone(),
+    });
     Ok(Resolved {
+        docker,
         proxy,
         info,
         raft,
@@ -283,7 +364,29 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         raft_bind: SocketAddr::new(args.bind, args.raft_port),
         data_dir,
         config_dirs: args.config_dir.clone(),
+        dns,
     })
+}
+
+/// The DNS flags, validated (`None` with --no-dns).
+fn dns_config(args: &AgentArgs) -> Result<Option<DnsConfig>> {
+    if args.no_dns {
+        return Ok(None);
+    }
+    let options = DnsOptions {
+        addr: args.dns_addr,
+        port: args.dns_port,
+        domain: args.domain.clone(),
+        alt_domain: args.alt_domain.clone(),
+        datacenter: args.datacenter.clone(),
+        only_passing: args.dns_only_passing,
+        a_record_limit: args.dns_a_record_limit,
+        node_ttl: args.dns_node_ttl.clone(),
+        service_ttl: args.dns_service_ttl.clone(),
+        recursors: args.recursor.clone(),
+        threads: args.dns_threads,
+    };
+    Ok(Some(DnsConfig::new(&options)?))
 }
 
 /// The proxy's settings, resolved from the flags.
@@ -293,6 +396,8 @@ struct ProxySettings {
     table: proxy::TableSettings,
     upstream: proxy::UpstreamSettings,
     access_log: Option<PathBuf>,
+    tls_listen: Option<SocketAddr>,
+    certs: Vec<proxy::tls::CertPaths>,
 }
 
 fn open_access_log(path: &Path) -> Result<proxy::AccessLog> {
@@ -357,8 +462,18 @@ async fn serve(r: Resolved) -> Result<()> {
     // Bind both ports first, so a busy port fails the start loudly.
     let raft_listener = bind(r.raft_bind, "Raft port").await?;
     let http_listener = bind(r.http_addr, "HTTP API").await?;
+    let dns = r.dns.clone().map(DnsServer::bind).transpose()?;
     let (node, catalog) = RaftNode::start(r.raft.clone()).await.map_err(|e| anyhow!("{e}"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(dns) = dns {
+        tracing::info!(dns = ?dns.local_addr(), "DNS listening (UDP and TCP)");
+        let (catalog, stop) = (catalog.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = dns.run(catalog, stop).await {
+                tracing::error!("the DNS server stopped: {e}");
+            }
+        });
+    }
 
     let raft_router = network::router(node.clone());
     let mut raft_stop = stop_rx.clone();
@@ -384,6 +499,8 @@ async fn serve(r: Resolved) -> Result<()> {
                 table: p.table,
                 upstream: p.upstream,
                 access_log: p.access_log.as_deref().map(open_access_log).transpose()?,
+                tls_listen: p.tls_listen,
+                certs: p.certs.clone(),
             };
             let handle = proxy::start(config, catalog.clone(), stop_rx.clone()).map_err(|e| anyhow!("{e}"))?;
             let m = handle.metrics.clone();
@@ -392,6 +509,7 @@ async fn serve(r: Resolved) -> Result<()> {
             Some(handle)
         }
     };
+    let state_catalog = catalog.clone();
     let state = ApiState { catalog, cluster: cluster.clone(), agent: info.clone(), control: control_tx, metrics };
     let mut http_stop = stop_rx.clone();
     let http_server = tokio::spawn(async move {
@@ -407,6 +525,15 @@ async fn serve(r: Resolved) -> Result<()> {
     );
 
     register_self(cluster.as_ref(), &info, stop_rx.clone()).await;
+    if let Some(mode) = r.docker.clone() {
+        let watcher = discovery::docker::DockerWatcher {
+            mode,
+            node: info.self_node(),
+            cluster: cluster.clone(),
+            catalog: state_catalog.clone(),
+        };
+        tokio::spawn(watcher.run(stop_rx.clone()));
+    }
     let reload = |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, dirs: Vec<PathBuf>, data_dir: PathBuf| async move {
         if dirs.is_empty() {
             return Ok("no --config-dir given; nothing to reload".to_string());
@@ -427,6 +554,13 @@ async fn serve(r: Resolved) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                if let Some(p) = &proxy {
+                    match p.reload_tls() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("SIGHUP: {n} TLS certificates reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: TLS certificates unchanged: {e}"),
+                    }
+                }
                 match reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone()).await {
                     Ok(s) => tracing::info!("SIGHUP: {s}"),
                     Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {e:#}"),

@@ -83,7 +83,8 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn")))
+        // hickory-server logs every DNS query at info.
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn,hickory_server=warn")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -3,12 +3,15 @@
 //!
 //! Layers, from pure to wired: `model` and `command` (data), `state` (the state machine's
 //! pure core), `store` (durable Raft log and state machine on redb), `raft` (types,
-//! network, node), `catalog` (read handle + writer), `api` (axum router).
+//! network, node), `catalog` (read handle + writer), `api` (axum router), `dns` (Consul's DNS
+//! interface on hickory-server, answered from the local replica).
 
 pub mod api;
 pub mod catalog;
 pub mod command;
 pub mod decode;
+pub mod dns;
+pub mod docker;
 pub mod duration;
 pub mod model;
 pub mod raft;

@@ -85,6 +85,8 @@ impl Agent {
             // Tests that want the proxy pass --proxy-addr on a free port; others must not
             // compete for :80.
             .args(if self.extra.iter().any(|a| a == "--proxy-addr") { &[][..] } else { &["--no-proxy"][..] })
+            // Only Docker tests watch the engine; others must not see its containers.
+            .args(if self.extra.iter().any(|a| a == "--docker") { &[][..] } else { &["--docker", "off"][..] })
             // Every agent gets its own DNS port unless the test chose one (or --no-dns).
             .args(if self.extra.iter().any(|a| a == "--dns-port" || a == "--no-dns") {
                 Vec::new()

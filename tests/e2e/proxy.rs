@@ -470,3 +470,106 @@ async fn churn_with_200_keepalive_clients_loses_no_request() {
     );
     assert!(churned_served.load(std::sync::atomic::Ordering::Relaxed) > 0, "churned instances took traffic");
 }
+
+/// A self-signed certificate for `name` made with the real openssl CLI.
+fn make_cert(dir: &std::path::Path, name: &str) -> (String, String) {
+    let cert = dir.join(format!("{name}.pem")).display().to_string();
+    let key = dir.join(format!("{name}.key")).display().to_string();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
+        .args(["-keyout", &key, "-out", &cert])
+        .output()
+        .expect("openssl must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// curl through the TLS listener, verifying the server certificate against `ca`.
+fn curl_tls(port: u16, host: &str, ca: &str, path: &str) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2", "--cacert", ca])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-w", "\nHTTP_VERSION=%{http_version}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sni_http2_and_reload_on_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_cert, a_key) = make_cert(dir.path(), "a.test");
+    let (b_cert, b_key) = make_cert(dir.path(), "b.test");
+    let tls_port = free_port();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let a = format!("{a_cert}:{a_key}");
+    let b = format!("{b_cert}:{b_key}");
+    let p = ProxyAgent::start(&["--proxy-tls-addr", &tls_addr, "--proxy-cert", &a, "--proxy-cert", &b]).await;
+    let backend = Backend::start("tls1").await;
+    p.api
+        .put_ok("/v1/agent/service/register", backend_service(&backend, "web", json!({"Tags": ["urlprefix-/"]})))
+        .await;
+
+    // SNI picks the matching certificate (curl verifies the name against each CA).
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || curl_tls(tls_port, "a.test", &a_cert, "/headers")).await.expect("join");
+    assert!(ok, "{out}");
+    assert!(out.contains("\"x-forwarded-proto\":\"https\""), "{out}");
+    assert!(out.contains("HTTP_VERSION=2"), "HTTP/2 by ALPN: {out}");
+    let b_cert2 = b_cert.clone();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || curl_tls(tls_port, "b.test", &b_cert2, "/")).await.expect("join");
+    assert!(ok, "b.test gets its own certificate: {out}");
+    let (a_cert_path, a_key_path) = (dir.path().join("a.test.pem"), dir.path().join("a.test.key"));
+    let a_ca = a_cert_path.display().to_string();
+    let (ok, _) = tokio::task::spawn_blocking(move || curl_tls(tls_port, "b.test", &a_ca, "/")).await.expect("join");
+    assert!(!ok, "b.test must not be served a.test's certificate");
+
+    // h2c on the plain listener.
+    let plain = p.proxy.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: web.localhost",
+                "-w",
+                " %{http_version}",
+            ])
+            .arg(format!("{plain}/x"))
+            .output()
+            .expect("curl")
+    })
+    .await
+    .expect("join");
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(" 2"), "h2c: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Replace a.test's certificate on disk; SIGHUP swaps it in without a restart.
+    let old = dir.path().join("old-a.pem");
+    std::fs::copy(&a_cert_path, &old).expect("copy");
+    std::fs::remove_file(&a_cert_path).expect("rm");
+    std::fs::remove_file(&a_key_path).expect("rm");
+    make_cert(dir.path(), "a.test");
+    p._agent.signal("-HUP");
+    let new_ca = a_cert_path.display().to_string();
+    let old_ca = old.display().to_string();
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let (ca_new, ca_old) = (new_ca.clone(), old_ca.clone());
+        let (ok_new, ok_old) = tokio::task::spawn_blocking(move || {
+            (curl_tls(tls_port, "a.test", &ca_new, "/").0, curl_tls(tls_port, "a.test", &ca_old, "/").0)
+        })
+        .await
+        .expect("join");
+        if ok_new && !ok_old {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "the new certificate is served after SIGHUP, the old one no more");
+}
