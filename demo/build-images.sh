@@ -13,7 +13,12 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
 cp target/demo/x86_64-unknown-linux-gnu/release/wharf-demo-web "$work/demo-web"
 cp demo/web/Dockerfile "$work/Dockerfile"
 docker build --quiet -t wharf-demo-web:latest "$work" >/dev/null
-echo "built image wharf-demo-web:latest"
+# The same with a Docker HEALTHCHECK in exec form (a scratch image has no shell for
+# `docker run --health-cmd`).
+printf 'FROM wharf-demo-web:latest\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/demo-web", "check"]\n' \
+  >"$work/Dockerfile.health"
+docker build --quiet -t wharf-demo-web:health -f "$work/Dockerfile.health" "$work" >/dev/null
+echo "built images wharf-demo-web:latest and wharf-demo-web:health"
 
 if [[ "${1:-}" == --wharf ]]; then
   cargo build --quiet --release --bin wharf

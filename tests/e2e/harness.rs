@@ -38,6 +38,8 @@ pub struct Agent {
     pub node: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the agent process.
+    pub env: Vec<(String, String)>,
     extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -66,6 +68,7 @@ impl Agent {
             node: node.to_string(),
             data_dir,
             log,
+            env: Vec::new(),
             extra,
             _tmp: tmp,
         }
@@ -94,6 +97,7 @@ impl Agent {
                 vec!["--dns-port".to_string(), free_port().to_string()]
             })
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod config_dir;
 mod crash;
+mod docker;
 mod dns;
 mod harness;
 mod proxy;

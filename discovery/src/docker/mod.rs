@@ -115,7 +115,8 @@ pub struct DockerWatcher {
     pub catalog: Catalog,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The engine is local: retrying every second costs nothing and keeps the catalog fresh.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl DockerWatcher {
     /// Runs until `stop` turns true. Never returns an error: engine trouble is logged and
