@@ -110,6 +110,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub dns_threads: usize,
 
+    /// Allow script/args checks. WARNING: with an HTTP API reachable by others, script checks
+    /// are remote code execution; enable only on a trusted API address with ACLs.
+    #[arg(long)]
+    pub enable_script_checks: bool,
+
     /// Watch the local Docker engine (`/var/run/docker.sock`, or DOCKER_HOST): off, auto
     /// (when the socket exists) or on.
     #[arg(long, default_value = "auto", value_name = "off|auto|on")]
@@ -185,6 +190,9 @@ pub struct AgentArgs {
     /// Write a JSON line per proxied request to this file (`-` = standard output).
     #[arg(long, value_name = "PATH")]
     pub access_log: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub templates: crate::template_cmd::AgentTemplateArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -197,6 +205,7 @@ fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
 
 /// The agent's settings after defaults and validation.
 struct Resolved {
+    check_policy: discovery::health::CheckPolicy,
     proxy: Option<ProxySettings>,
     /// `None` when Docker is not watched.
     docker: Option<discovery::docker::labels::Mode>,
@@ -208,6 +217,7 @@ struct Resolved {
     config_dirs: Vec<PathBuf>,
     /// `None` with --no-dns.
     dns: Option<DnsConfig>,
+    templates: crate::template_cmd::AgentTemplateArgs,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -347,6 +357,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         })
     };
     let dns = dns_config(args)?;
+    crate::template_cmd::check_agent_templates(&args.templates)?;
     let docker = args.docker.enabled().then(|| discovery::docker::labels::Mode {
         internal: args.docker_internal,
         network: args.docker_network.clone(),
@@ -356,6 +367,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         datacenter: info.datacenter.clone(),
     });
     Ok(Resolved {
+        check_policy: discovery::health::CheckPolicy { enable_script_checks: args.enable_script_checks },
         docker,
         proxy,
         info,
@@ -365,6 +377,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         data_dir,
         config_dirs: args.config_dir.clone(),
         dns,
+        templates: args.templates.clone(),
     })
 }
 
@@ -509,8 +522,23 @@ async fn serve(r: Resolved) -> Result<()> {
             Some(handle)
         }
     };
+    crate::template_cmd::spawn_in_agent(&r.templates, &catalog, &info.node_name, &info.datacenter, stop_rx.clone())?;
     let state_catalog = catalog.clone();
-    let state = ApiState { catalog, cluster: cluster.clone(), agent: info.clone(), control: control_tx, metrics };
+    let ttl = discovery::health::TtlHeartbeats::default();
+    let health_metrics = Arc::new(discovery::health::HealthMetrics::default());
+    {
+        let m = health_metrics.clone();
+        metrics.push(Arc::new(move |out: &mut String| m.render(out)));
+    }
+    let state = ApiState {
+        catalog,
+        cluster: cluster.clone(),
+        agent: info.clone(),
+        control: control_tx,
+        metrics,
+        ttl: ttl.clone(),
+        check_policy: r.check_policy.clone(),
+    };
     let mut http_stop = stop_rx.clone();
     let http_server = tokio::spawn(async move {
         axum::serve(http_listener, api::router(state))
@@ -525,6 +553,16 @@ async fn serve(r: Resolved) -> Result<()> {
     );
 
     register_self(cluster.as_ref(), &info, stop_rx.clone()).await;
+    let checker = Arc::new(discovery::health::HealthChecker {
+        node: info.node_name.clone(),
+        cluster: cluster.clone(),
+        catalog: state_catalog.clone(),
+        policy: r.check_policy.clone(),
+        ttl,
+        metrics: health_metrics,
+        clients: discovery::health::probe::Clients::new(),
+    });
+    tokio::spawn(checker.run(stop_rx.clone()));
     if let Some(mode) = r.docker.clone() {
         let watcher = discovery::docker::DockerWatcher {
             mode,

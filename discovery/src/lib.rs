@@ -13,6 +13,7 @@ pub mod decode;
 pub mod dns;
 pub mod docker;
 pub mod duration;
+pub mod health;
 pub mod model;
 pub mod raft;
 pub mod state;

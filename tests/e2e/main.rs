@@ -10,5 +10,7 @@ mod crash;
 mod docker;
 mod dns;
 mod harness;
+mod health;
 mod proxy;
 mod python_client;
+mod templates;

@@ -94,6 +94,20 @@ pub struct ApiState {
     pub control: mpsc::Sender<AgentControl>,
     /// Subsystems whose metrics `/metrics` and `/v1/agent/metrics?format=prometheus` show.
     pub metrics: Vec<MetricsRenderer>,
+    /// TTL refreshes, read by the health checker.
+    pub ttl: crate::health::TtlHeartbeats,
+    /// Which check kinds this agent accepts.
+    pub check_policy: crate::health::CheckPolicy,
+}
+
+/// Refuses checks this agent will not run.
+fn check_allowed(st: &ApiState, checks: &[crate::model::HealthCheck]) -> Result<(), ApiError> {
+    if !st.check_policy.enable_script_checks && checks.iter().any(|c| c.kind == "script") {
+        return Err(ApiError::BadRequest(
+            "Scripts are disabled on this agent; start it with --enable-script-checks (an open API with script checks is remote code execution)".into(),
+        ));
+    }
+    Ok(())
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -208,6 +222,7 @@ async fn agent_service_register(State(st): State<ApiState>, RawQuery(raw): RawQu
     let status_given: Vec<bool> = reg.check.iter().chain(reg.checks.iter()).map(|c| !c.status.is_empty()).collect();
     let (service, mut checks) =
         reg.into_records(&st.agent.node_name, &st.agent.datacenter).map_err(ApiError::BadRequest)?;
+    check_allowed(&st, &checks)?;
     // Re-registering keeps the status and output of checks that already exist.
     let snap = st.catalog.snapshot();
     for (check, given) in checks.iter_mut().zip(status_given) {
@@ -307,6 +322,7 @@ async fn agent_check_register(State(st): State<ApiState>, body: Bytes) -> ApiRes
         check.output = old.output.clone();
     }
     check.output = truncate_output(check.output);
+    check_allowed(&st, std::slice::from_ref(&check))?;
     write(
         &st,
         Command::Register {
@@ -353,6 +369,7 @@ async fn set_ttl_status(st: &ApiState, id: String, status: CheckStatus, output: 
         },
     )
     .await?;
+    st.ttl.beat(&check.check_id);
     Ok(empty_ok())
 }
 
