@@ -96,10 +96,20 @@ async fn main() -> Result<(), String> {
         let name = format!("wharf-bench-start-{}-{i}", std::process::id());
         let t0 = Instant::now();
         let id = docker(&[
-            "run", "-d", "--name", &name, "-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=startbench",
-            "-l", "traefik.enable=true",
-            "-l", "traefik.http.routers.startbench.rule=PathPrefix(`/`)",
-            "-l", "traefik.http.services.startbench.loadbalancer.server.port=8080",
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            "127.0.0.1::8080",
+            "-e",
+            "SERVICE_NAME=startbench",
+            "-l",
+            "traefik.enable=true",
+            "-l",
+            "traefik.http.routers.startbench.rule=PathPrefix(`/`)",
+            "-l",
+            "traefik.http.services.startbench.loadbalancer.server.port=8080",
             "wharf-demo-web:latest",
         ])?;
         let started = Instant::now();
@@ -120,7 +130,13 @@ async fn main() -> Result<(), String> {
         // Both proxies must have dropped it before the next start.
         let gone = Instant::now();
         while gone.elapsed() < Duration::from_secs(30) {
-            let a = client.get(&wharf_url).header("host", "startbench.localhost").send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            let a = client
+                .get(&wharf_url)
+                .header("host", "startbench.localhost")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
             let b = client.get(&traefik_url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
             if a != 200 && b != 200 {
                 break;

@@ -7,6 +7,9 @@
 mod agent;
 mod cli;
 mod config_dir;
+mod template_cmd;
+mod template_http;
+mod template_runner;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -51,6 +54,10 @@ enum Cmd {
     Reload,
     /// Make the agent leave the cluster and stop.
     Leave,
+    /// Render consul-template templates from the catalog (-template SRC:DST[:CMD]).
+    Template(Box<template_cmd::TemplateArgs>),
+    /// Print a configuration generated from the catalog: nginx or haproxy.
+    Export(template_cmd::ExportArgs),
 }
 
 /// Accepts consul's single-dash long flags (`-recurse`, `-http-addr=x`) by rewriting
@@ -95,7 +102,7 @@ fn run_client(c: Cli) -> Result<()> {
     let client = cli::Client::new(cli::api_base(c.http_addr.as_deref()));
     runtime.block_on(async {
         match c.cmd {
-            Cmd::Agent(_) => unreachable!("handled in main"),
+            Cmd::Agent(_) | Cmd::Template(_) | Cmd::Export(_) => unreachable!("handled in main"),
             Cmd::Members => cli::members(&client).await,
             Cmd::Catalog { cmd } => cli::catalog(&client, cmd).await,
             Cmd::Services { cmd } => cli::services(&client, cmd).await,
@@ -114,6 +121,11 @@ fn main() {
             init_logging(&cli.log_level);
             agent::run(*args)
         }
+        Cmd::Template(args) => {
+            init_logging(&cli.log_level);
+            template_cmd::run(*args, cli::api_base(cli.http_addr.as_deref()))
+        }
+        Cmd::Export(args) => template_cmd::export(args, cli::api_base(cli.http_addr.as_deref())),
         _ => run_client(cli),
     };
     if let Err(e) = result {

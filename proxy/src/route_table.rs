@@ -187,7 +187,7 @@ impl TableBuilder {
             ups.push(Arc::new(Upstream { id: h.service.id.clone(), addr, weight: weight.max(1), state }));
         }
         // A stable order, so round robin and hashing do not depend on catalog order.
-        ups.sort_by(|a, b| a.addr.cmp(&b.addr));
+        ups.sort_by_key(|u| u.addr);
         ups.dedup_by(|a, b| a.addr == b.addr);
         Arc::new(Pool::new(service.to_string(), ups, policy))
     }
@@ -261,8 +261,8 @@ impl TableBuilder {
                 table.host_routes.insert(host, route);
             }
         }
-        table.host_prefix_routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
-        table.prefix_routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        table.host_prefix_routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        table.prefix_routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         let kv_default = state
             .kv_get(DEFAULT_SERVICE_KEY)

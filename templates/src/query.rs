@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(q.statuses, ["passing", "warning"]);
         assert!(parse_service("web|any").expect("any").statuses.is_empty());
         assert!(parse_service("web~agent").is_ok());
-        assert!(parse_service("web|bogus").unwrap_err().contains("bogus"));
+        assert!(parse_service("web|bogus").expect_err("bad filter").contains("bogus"));
         assert!(parse_service("").is_err());
         assert!(parse_service("we b").is_err());
     }

@@ -133,7 +133,13 @@ pub fn format(layout: &str, t: SystemTime) -> String {
             b'p' if starts(i, "pm") => ((if c.hour >= 12 { "pm" } else { "am" }).into(), 2),
             b'-' | b'Z' => {
                 let z = b[i] == b'Z';
-                let forms = [("070000", "+000000"), ("07:00:00", "+00:00:00"), ("0700", "+0000"), ("07:00", "+00:00"), ("07", "+00")];
+                let forms = [
+                    ("070000", "+000000"),
+                    ("07:00:00", "+00:00:00"),
+                    ("0700", "+0000"),
+                    ("07:00", "+00:00"),
+                    ("07", "+00"),
+                ];
                 match forms.iter().find(|(f, _)| layout[i + 1..].starts_with(f)) {
                     Some((f, zero)) => ((if z { "Z" } else { zero }).to_string(), f.len() + 1),
                     None => (rest[..1].to_string(), 1),

@@ -32,6 +32,9 @@ pub(crate) fn string_map(m: &BTreeMap<String, String>) -> Value {
 /// consul-template's `HealthService`.
 pub(crate) fn service_entry(e: &ServiceEntry) -> Value {
     let address = if e.address.is_empty() { &e.node_address } else { &e.address };
+    // consul-template sorts an instance's tags.
+    let mut sorted_tags = e.tags.clone();
+    sorted_tags.sort();
     let checks = e
         .checks
         .iter()
@@ -58,7 +61,7 @@ pub(crate) fn service_entry(e: &ServiceEntry) -> Value {
         ("ID", s(&e.id)),
         ("Name", s(&e.name)),
         ("Kind", s("")),
-        ("Tags", string_list(&e.tags)),
+        ("Tags", string_list(&sorted_tags)),
         ("Checks", list(checks)),
         ("Status", s(&e.status)),
         ("Port", Value::Int(i64::from(e.port))),

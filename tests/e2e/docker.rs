@@ -32,7 +32,10 @@ async fn demo_image() {
     static BUILT: OnceCell<()> = OnceCell::const_new();
     BUILT
         .get_or_init(|| async {
-            let out = tokio::process::Command::new(repo().join("demo/build-images.sh")).output().await.expect("run build-images.sh");
+            let out = tokio::process::Command::new(repo().join("demo/build-images.sh"))
+                .output()
+                .await
+                .expect("run build-images.sh");
             assert!(out.status.success(), "demo/build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         })
         .await;
@@ -100,38 +103,128 @@ async fn registrator_conventions_on_real_containers() {
         &name("named"),
         &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=named", "-e", "SERVICE_TAGS=a,b", "-e", "SERVICE_VERSION=3"],
     );
-    let _label = Container::run(&name("label"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=env", "-l", "SERVICE_NAME=label"]);
+    let _label = Container::run(
+        &name("label"),
+        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=env", "-l", "SERVICE_NAME=label"],
+    );
     let _multi = Container::run(
         &name("multi"),
-        &["--expose", "9090", "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9090", "-e", "SERVICE_9090_NAME=admin", "-e", "SERVICE_8080_TAGS=http"],
+        &[
+            "--expose",
+            "9090",
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::9090",
+            "-e",
+            "SERVICE_9090_NAME=admin",
+            "-e",
+            "SERVICE_8080_TAGS=http",
+        ],
     );
     let _ignored = Container::run(&name("ignored"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_IGNORE=true"]);
     let _port_ignored = Container::run(
         &name("portign"),
-        &["--expose", "9090", "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9090", "-e", "SERVICE_NAME=pi", "-e", "SERVICE_9090_IGNORE=1"],
+        &[
+            "--expose",
+            "9090",
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::9090",
+            "-e",
+            "SERVICE_NAME=pi",
+            "-e",
+            "SERVICE_9090_IGNORE=1",
+        ],
     );
     let _checks = Container::run(
         &name("checks"),
-        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=checked", "-e", "SERVICE_CHECK_HTTP=/health", "-e", "SERVICE_CHECK_INTERVAL=5s",
-          "-e", "SERVICE_CHECK_TIMEOUT=2s", "-e", "SERVICE_CHECK_INITIAL_STATUS=passing", "-e", "SERVICE_CHECK_DEREGISTER_AFTER=1m"],
+        &[
+            "-p",
+            "127.0.0.1::8080",
+            "-e",
+            "SERVICE_NAME=checked",
+            "-e",
+            "SERVICE_CHECK_HTTP=/health",
+            "-e",
+            "SERVICE_CHECK_INTERVAL=5s",
+            "-e",
+            "SERVICE_CHECK_TIMEOUT=2s",
+            "-e",
+            "SERVICE_CHECK_INITIAL_STATUS=passing",
+            "-e",
+            "SERVICE_CHECK_DEREGISTER_AFTER=1m",
+        ],
     );
-    let _tcp = Container::run(&name("tcp"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=tcpc", "-e", "SERVICE_CHECK_TCP=true"]);
-    let _ttl = Container::run(&name("ttl"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=ttlc", "-e", "SERVICE_CHECK_TTL=30s"]);
-    let _https = Container::run(&name("https"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=httpsc", "-e", "SERVICE_CHECK_HTTPS=/x"]);
-    let _bad = Container::run(&name("bad"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=badc", "-e", "SERVICE_CHECK_TCP=1", "-e", "SERVICE_CHECK_INTERVAL=often", "-e", "SERVICE_abc_NAME=x"]);
-    let _custom_id = Container::run(&name("cid"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=cid", "-e", &format!("SERVICE_ID={p}-my-id")]);
+    let _tcp = Container::run(
+        &name("tcp"),
+        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=tcpc", "-e", "SERVICE_CHECK_TCP=true"],
+    );
+    let _ttl = Container::run(
+        &name("ttl"),
+        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=ttlc", "-e", "SERVICE_CHECK_TTL=30s"],
+    );
+    let _https = Container::run(
+        &name("https"),
+        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=httpsc", "-e", "SERVICE_CHECK_HTTPS=/x"],
+    );
+    let _bad = Container::run(
+        &name("bad"),
+        &[
+            "-p",
+            "127.0.0.1::8080",
+            "-e",
+            "SERVICE_NAME=badc",
+            "-e",
+            "SERVICE_CHECK_TCP=1",
+            "-e",
+            "SERVICE_CHECK_INTERVAL=often",
+            "-e",
+            "SERVICE_abc_NAME=x",
+        ],
+    );
+    let _custom_id = Container::run(
+        &name("cid"),
+        &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=cid", "-e", &format!("SERVICE_ID={p}-my-id")],
+    );
     let _wharf = Container::run(
         &name("wl"),
-        &["--expose", "9090", "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9090", "-l", "wharf.service=shop", "-l", "wharf.tags=v1,blue",
-          "-l", "wharf.route=/shop strip=/shop", "-l", "wharf.port=8080", "-l", "wharf.lb=least_conn"],
+        &[
+            "--expose",
+            "9090",
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::9090",
+            "-l",
+            "wharf.service=shop",
+            "-l",
+            "wharf.tags=v1,blue",
+            "-l",
+            "wharf.route=/shop strip=/shop",
+            "-l",
+            "wharf.port=8080",
+            "-l",
+            "wharf.lb=least_conn",
+        ],
     );
     let _noports = Container::run(&name("noports"), &[]);
     let _udp = Container::run(&name("udp"), &["-p", "127.0.0.1::5353/udp"]);
 
-    wait_for("all containers registered", Duration::from_secs(15), || async { services_of(&api, &p).await.len() >= 13 }).await;
+    wait_for("all containers registered", Duration::from_secs(15), || async {
+        services_of(&api, &p).await.len() >= 13
+    })
+    .await;
     let all = services_of(&api, &p).await;
     let by_container = |c: &str| -> Vec<Value> {
-        all.iter().filter(|s| s["Meta"]["wharf-docker-id"].is_string() && s["ID"].as_str().is_some_and(|id| id.contains(&format!("{p}-{c}")))).cloned().collect()
+        all.iter()
+            .filter(|s| {
+                s["Meta"]["wharf-docker-id"].is_string()
+                    && s["ID"].as_str().is_some_and(|id| id.contains(&format!("{p}-{c}")))
+            })
+            .cloned()
+            .collect()
     };
     // Defaults: image basename, <node>:<container>:<port>, published host port on 127.0.0.1.
     let plain = &by_container("plain")[0];
@@ -166,15 +259,24 @@ async fn registrator_conventions_on_real_containers() {
     let (checks, _) = api.get_json("/v1/agent/checks").await;
     let check_of = |service_id: &str| -> Value { checks[format!("service:{service_id}")].clone() };
     let c = check_of(&format!("node-1:{}:8080", name("checks")));
-    assert!(c["Definition"]["HTTP"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:") && u.ends_with("/health")), "{c}");
-    assert_eq!((c["Interval"].as_str(), c["Timeout"].as_str(), c["Status"].as_str()), (Some("5s"), Some("2s"), Some("passing")));
+    assert!(
+        c["Definition"]["HTTP"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:") && u.ends_with("/health")),
+        "{c}"
+    );
+    assert_eq!(
+        (c["Interval"].as_str(), c["Timeout"].as_str(), c["Status"].as_str()),
+        (Some("5s"), Some("2s"), Some("passing"))
+    );
     assert_eq!(c["Definition"]["DeregisterCriticalServiceAfter"], "1m");
     let t = check_of(&format!("node-1:{}:8080", name("tcp")));
     assert!(t["Definition"]["TCP"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{t}");
     assert_eq!(t["Status"], "critical");
     assert_eq!(check_of(&format!("node-1:{}:8080", name("ttl")))["Definition"]["TTL"], "30s");
     let h = check_of(&format!("node-1:{}:8080", name("https")));
-    assert!(h["Definition"]["HTTP"].as_str().is_some_and(|u| u.starts_with("https://")) && h["Definition"]["TLSSkipVerify"] == true);
+    assert!(
+        h["Definition"]["HTTP"].as_str().is_some_and(|u| u.starts_with("https://"))
+            && h["Definition"]["TLSSkipVerify"] == true
+    );
     assert_eq!(check_of(&format!("node-1:{}:8080", name("bad")))["Interval"], "10s", "bad interval -> default");
 }
 
@@ -199,27 +301,50 @@ async fn healthcheck_explicit_and_internal_modes() {
         &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=hc", "wharf-demo-web:health"],
     );
     let check_id = format!("wharf-docker-health:node-1:{}:8080", hc.name);
-    let status = |api: Api, id: String| async move { api.get_json("/v1/agent/checks").await.0[&id]["Status"].as_str().map(str::to_string) };
-    wait_for("healthy", Duration::from_secs(20), || status(api.clone(), check_id.clone()).map(|s| s.as_deref() == Some("passing"))).await;
+    let status = |api: Api, id: String| async move {
+        api.get_json("/v1/agent/checks").await.0[&id]["Status"].as_str().map(str::to_string)
+    };
+    wait_for("healthy", Duration::from_secs(20), || {
+        status(api.clone(), check_id.clone()).map(|s| s.as_deref() == Some("passing"))
+    })
+    .await;
     let host = docker(&["port", &hc.name, "8080"]);
-    let toggled = reqwest::get(format!("http://{host}/toggle-health")).await.expect("toggle").text().await.expect("body");
+    let toggled =
+        reqwest::get(format!("http://{host}/toggle-health")).await.expect("toggle").text().await.expect("body");
     assert_eq!(toggled, "unhealthy\n");
-    wait_for("unhealthy", Duration::from_secs(20), || status(api.clone(), check_id.clone()).map(|s| s.as_deref() == Some("critical"))).await;
+    wait_for("unhealthy", Duration::from_secs(20), || {
+        status(api.clone(), check_id.clone()).map(|s| s.as_deref() == Some("critical"))
+    })
+    .await;
 
     // Explicit mode: only containers that name their service.
     let (_agent2, api2) = docker_agent(&["--docker-explicit"]).await;
     let _anon = Container::run(&format!("{p}-anon"), &["-p", "127.0.0.1::8080"]);
     let _named = Container::run(&format!("{p}-named"), &["-p", "127.0.0.1::8080", "-e", "SERVICE_NAME=explicit"]);
-    wait_for("named registered", Duration::from_secs(10), || async { !services_of(&api2, &format!("{p}-named")).await.is_empty() }).await;
-    assert!(services_of(&api2, &format!("{p}-anon")).await.is_empty(), "unnamed container ignored with --docker-explicit");
+    wait_for("named registered", Duration::from_secs(10), || async {
+        !services_of(&api2, &format!("{p}-named")).await.is_empty()
+    })
+    .await;
+    assert!(
+        services_of(&api2, &format!("{p}-anon")).await.is_empty(),
+        "unnamed container ignored with --docker-explicit"
+    );
 
     // Internal mode: container IP and exposed port, on the chosen network.
     let (_agent3, api3) = docker_agent(&["--docker-internal", "--docker-network", &net]).await;
     let internal = Container::run(&format!("{p}-int"), &["--network", &net, "-e", "SERVICE_NAME=internal"]);
     docker(&["network", "connect", "bridge", &internal.name]);
-    wait_for("internal registered", Duration::from_secs(10), || async { !services_of(&api3, &internal.name).await.is_empty() }).await;
+    wait_for("internal registered", Duration::from_secs(10), || async {
+        !services_of(&api3, &internal.name).await.is_empty()
+    })
+    .await;
     let s = &services_of(&api3, &internal.name).await[0];
-    let ip = docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), &internal.name]);
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &internal.name,
+    ]);
     assert_eq!((s["Address"].as_str(), s["Port"].as_u64()), (Some(ip.as_str()), Some(8080)), "{s}");
 }
 
@@ -284,7 +409,8 @@ async fn stale_state_is_reconciled_after_a_crash_and_a_broken_stream() {
     let ready = Instant::now();
     let expect: Vec<String> = vec![format!("node-1:{}:8080", c.name), format!("node-1:{}:8080", d.name)];
     wait_for("catalog matches after restart", Duration::from_secs(5), || async {
-        services_of(&api, &p).await.iter().filter_map(|s| s["ID"].as_str().map(str::to_string)).collect::<Vec<_>>() == expect
+        services_of(&api, &p).await.iter().filter_map(|s| s["ID"].as_str().map(str::to_string)).collect::<Vec<_>>()
+            == expect
     })
     .await;
     let after_restart = ready.elapsed();
@@ -298,7 +424,8 @@ async fn stale_state_is_reconciled_after_a_crash_and_a_broken_stream() {
     let back = Instant::now();
     let expect: Vec<String> = vec![format!("node-1:{}:8080", d.name), format!("node-1:{}:8080", e.name)];
     wait_for("catalog matches after the stream broke", Duration::from_secs(5), || async {
-        services_of(&api, &p).await.iter().filter_map(|s| s["ID"].as_str().map(str::to_string)).collect::<Vec<_>>() == expect
+        services_of(&api, &p).await.iter().filter_map(|s| s["ID"].as_str().map(str::to_string)).collect::<Vec<_>>()
+            == expect
     })
     .await;
     let after_break = back.elapsed();
@@ -308,14 +435,20 @@ async fn stale_state_is_reconciled_after_a_crash_and_a_broken_stream() {
 }
 
 /// Load through the proxy from `clients` tasks until `stop`; returns (ok, failed, first errors).
-fn load(url: String, host: String, clients: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<(u64, u64, Vec<String>)> {
+fn load(
+    url: String,
+    host: String,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, Vec<String>)> {
     tokio::spawn(async move {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(tokio::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let (url, host, ok, failed, errors, stop) = (url.clone(), host.clone(), ok.clone(), failed.clone(), errors.clone(), stop.clone());
+            let (url, host, ok, failed, errors, stop) =
+                (url.clone(), host.clone(), ok.clone(), failed.clone(), errors.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let c = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
                 while !stop.load(Ordering::Relaxed) {
@@ -364,11 +497,15 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     struct Down(String, PathBuf);
     impl Drop for Down {
         fn drop(&mut self) {
-            let _ = Command::new("docker-compose").args(["-p", &self.0, "-f", &self.1.display().to_string(), "down", "-t", "2"]).output();
+            let _ = Command::new("docker-compose")
+                .args(["-p", &self.0, "-f", &self.1.display().to_string(), "down", "-t", "2"])
+                .output();
         }
     }
     let _down = Down(project.clone(), compose.clone());
-    let healthy = |api: Api| async move { api.get_json("/v1/health/service/web?passing").await.0.as_array().map(Vec::len).unwrap_or(0) };
+    let healthy = |api: Api| async move {
+        api.get_json("/v1/health/service/web?passing").await.0.as_array().map(Vec::len).unwrap_or(0)
+    };
 
     compose_cmd(&["up", "-d", "--scale", "web=3", "web"]);
     wait_for("three replicas in the pool", Duration::from_secs(20), || healthy(api.clone()).map(|n| n == 3)).await;
@@ -376,7 +513,15 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     let url = format!("http://{proxy_addr}/");
     let mut seen = std::collections::HashSet::new();
     for _ in 0..30 {
-        let body = reqwest::Client::new().get(&url).header("host", "web.localhost").send().await.expect("req").text().await.expect("body");
+        let body = reqwest::Client::new()
+            .get(&url)
+            .header("host", "web.localhost")
+            .send()
+            .await
+            .expect("req")
+            .text()
+            .await
+            .expect("body");
         seen.insert(body);
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -398,11 +543,18 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     // request sent after it fails.
     compose_cmd(&["up", "-d", "--scale", "web=3", "web"]);
     wait_for("three again", Duration::from_secs(20), || healthy(api.clone()).map(|n| n == 3)).await;
-    let victim = docker(&["ps", "-q", "--filter", &format!("label=com.docker.compose.project={project}"), "--filter", "label=com.docker.compose.service=web"])
-        .lines()
-        .next()
-        .map(str::to_string)
-        .expect("a replica");
+    let victim = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.service=web",
+    ])
+    .lines()
+    .next()
+    .map(str::to_string)
+    .expect("a replica");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = load(url.clone(), "web.localhost".into(), 8, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -13,11 +13,14 @@ use tokio::sync::Mutex;
 use crate::harness::{Agent, Api, Backend, backend_service, wait_for};
 use crate::proxy::ProxyAgent;
 
+/// The last request a [`HealthServer`] saw: method, X-Probe header, body.
+type SeenRequest = Arc<Mutex<Option<(String, Option<String>, String)>>>;
+
 /// An HTTP server whose /health answers a settable status, recording what it received.
 struct HealthServer {
     port: u16,
     code: Arc<AtomicU16>,
-    last: Arc<Mutex<Option<(String, Option<String>, String)>>>,
+    last: SeenRequest,
 }
 
 impl HealthServer {

@@ -20,7 +20,7 @@ use hickory_proto::op::{
     DnsRequestOptions, DnsResponse, Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
 };
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
@@ -49,11 +49,21 @@ pub(crate) struct Reply {
     pub(crate) answers: Vec<Record>,
     pub(crate) authorities: Vec<Record>,
     pub(crate) additionals: Vec<Record>,
+    /// Whether the question section is echoed (not for a question that cannot be).
+    pub(crate) echo_question: bool,
 }
 
 impl Reply {
     fn empty(meta: Metadata, edns: Option<Edns>) -> Reply {
-        Reply { meta, edns, answers: Vec::new(), authorities: Vec::new(), additionals: Vec::new() }
+        Reply { meta, edns, answers: Vec::new(), authorities: Vec::new(), additionals: Vec::new(), echo_question: true }
+    }
+
+    /// The question section to send: the request's own bytes, or `none`.
+    fn question<'q>(&self, request: &'q Request, none: &'q Option<Queries>) -> &'q Queries {
+        match (self.echo_question, none) {
+            (false, Some(none)) => none,
+            _ => &request.queries,
+        }
     }
 
     fn error(mut meta: Metadata, edns: Option<Edns>, code: ResponseCode) -> Reply {
@@ -81,6 +91,24 @@ pub(crate) fn plan<R: Rng + ?Sized>(
     request: &Request,
     rng: &mut R,
 ) -> Plan {
+    let mut planned = plan_one(state, names, config, request, rng);
+    // Only a single question is echoed: thousands of them (qdcount is 16 bits) would not fit
+    // the answer, and hickory would turn that into a bare SERVFAIL.
+    if let Plan::Send(reply) = &mut planned
+        && request.queries.len() != 1
+    {
+        reply.echo_question = false;
+    }
+    planned
+}
+
+fn plan_one<R: Rng + ?Sized>(
+    state: &CatalogState,
+    names: &NameIndex,
+    config: &DnsConfig,
+    request: &Request,
+    rng: &mut R,
+) -> Plan {
     let mut meta = Metadata::response_from_request(&request.metadata);
     meta.recursion_available = !config.recursors.is_empty();
     // The response's EDNS carries the size hickory encodes UDP answers to.
@@ -90,6 +118,13 @@ pub(crate) fn plan<R: Rng + ?Sized>(
         ours.set_version(0);
         ours
     });
+    if question_points_into_header(request.queries.as_bytes(), request.queries.len()) {
+        // hickory echoes the question's raw bytes, which would then point at the response's
+        // own (different) header: answer FORMERR without the question instead.
+        let mut reply = Reply::error(meta, edns, ResponseCode::FormErr);
+        reply.echo_question = false;
+        return Plan::Send(reply);
+    }
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return Plan::Send(Reply::error(meta, edns, ResponseCode::BADVERS));
     }
@@ -120,8 +155,14 @@ pub(crate) fn plan<R: Rng + ?Sized>(
     let answer = records::answer(state, names, config, query.original().name(), qtype, domain, parsed.as_ref());
     meta.authoritative = true;
     meta.response_code = answer.rcode;
-    let mut reply =
-        Reply { meta, edns, answers: answer.answers, authorities: answer.authorities, additionals: answer.additionals };
+    let mut reply = Reply {
+        meta,
+        edns,
+        answers: answer.answers,
+        authorities: answer.authorities,
+        additionals: answer.additionals,
+        echo_question: true,
+    };
     reply.answers.shuffle(rng);
     if config.a_record_limit > 0 && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
         let mut kept = 0;
@@ -138,6 +179,40 @@ pub(crate) fn plan<R: Rng + ?Sized>(
         }
     }
     Plan::Send(reply)
+}
+
+/// An empty question section.
+fn no_question() -> Option<Queries> {
+    Queries::read(&mut BinDecoder::new(&[]), 0).ok()
+}
+
+/// Whether a name in the raw question section (`count` questions, already decoded once by
+/// hickory) uses a compression pointer into the 12-byte header. Malformed input counts as yes.
+fn question_points_into_header(raw: &[u8], count: usize) -> bool {
+    let mut i = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = raw.get(i) else { return true };
+            match len & 0xc0 {
+                0x00 if len == 0 => {
+                    i += 1;
+                    break;
+                }
+                0x00 => i += 1 + usize::from(len),
+                0xc0 => {
+                    let Some(&low) = raw.get(i + 1) else { return true };
+                    if (usize::from(len & 0x3f) << 8 | usize::from(low)) < 12 {
+                        return true;
+                    }
+                    i += 2;
+                    break;
+                }
+                _ => return true,
+            }
+        }
+        i += 4;
+    }
+    false
 }
 
 /// Bytes a name takes on the wire, uncompressed.
@@ -221,8 +296,9 @@ fn fit(reply: &mut Reply, queries: &Queries, limit: usize) -> bool {
 }
 
 /// Encodes a reply as the server does on `protocol`.
-fn encode(reply: &Reply, queries: &Queries, protocol: Protocol) -> Result<Vec<u8>, String> {
-    let response = MessageResponseBuilder::new(queries, reply.edns.as_ref()).build(
+fn encode(reply: &Reply, request: &Request, protocol: Protocol) -> Result<Vec<u8>, String> {
+    let none = no_question();
+    let response = MessageResponseBuilder::new(reply.question(request, &none), reply.edns.as_ref()).build(
         reply.meta,
         reply.answers.iter(),
         reply.authorities.iter(),
@@ -261,7 +337,7 @@ pub fn answer_bytes(
         Plan::Send(reply) => reply,
         Plan::Recurse { reply, .. } => Reply::error(reply.meta, reply.edns, ResponseCode::ServFail),
     };
-    encode(&reply, &request.queries, protocol).map(Some)
+    encode(&reply, &request, protocol).map(Some)
 }
 
 /// A catalog state with its name index, built once per state.
@@ -380,7 +456,8 @@ impl ConsulDns {
 }
 
 async fn send<R: ResponseHandler>(request: &Request, reply: &Reply, mut handle: R) -> ResponseInfo {
-    let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
+    let none = no_question();
+    let response = MessageResponseBuilder::new(reply.question(request, &none), reply.edns.as_ref()).build(
         reply.meta,
         reply.answers.iter(),
         reply.authorities.iter(),
@@ -587,6 +664,33 @@ mod tests {
     }
 
     #[test]
+    fn a_question_pointing_into_the_header_is_formerr_without_the_question() {
+        // Found by the fuzzer: the name's pointer (0xc003) aims into the header.
+        let raw = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0xc0, 0x03, 0, 1, 0, 1];
+        if let Some(bytes) = answer_bytes(&state_with(1), &DnsConfig::default(), &raw, false).expect("encodes") {
+            let m = Message::from_bytes(&bytes).expect("the answer decodes");
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            assert!(m.queries.is_empty());
+        }
+        assert!(!question_points_into_header(&[3, b'w', b'e', b'b', 0, 0, 1, 0, 1], 1));
+        assert!(question_points_into_header(&[3, b'w', b'e', b'b', 0xc0, 0x0b, 0, 1, 0, 1], 1));
+        assert!(!question_points_into_header(&[1, b'a', 0, 0, 1, 0, 1, 1, b'b', 0xc0, 0x0c, 0, 1, 0, 1], 2));
+    }
+
+    #[test]
+    fn many_questions_are_formerr_without_echoing_them() {
+        // Found by the fuzzer: 8704 questions do not fit a 512-byte answer.
+        let mut raw = vec![0x12, 0x34, 0x01, 0x00, 0x22, 0x00, 0, 0, 0, 0, 0, 0];
+        for _ in 0..0x2200 {
+            raw.extend_from_slice(&[0, 0, 1, 0, 1]);
+        }
+        let bytes = answer_bytes(&state_with(1), &DnsConfig::default(), &raw, false).expect("encodes").expect("answer");
+        let m = Message::from_bytes(&bytes).expect("decodes");
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(m.queries.is_empty());
+    }
+
+    #[test]
     fn garbage_is_never_answered_with_a_panic() {
         let state = state_with(3);
         let config = DnsConfig::default();
@@ -603,6 +707,7 @@ mod tests {
             }
             if let Some(bytes) = answer_bytes(&state, &config, &raw, false).expect("encodes") {
                 assert!(bytes.len() <= usize::from(MAX_UDP_PAYLOAD));
+                Message::from_bytes(&bytes).expect("every answer decodes");
             }
         }
     }

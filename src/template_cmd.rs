@@ -1,0 +1,180 @@
+//! The template commands: `wharf template` (consul-template against a wharf or Consul HTTP
+//! API), `wharf export nginx|haproxy` (a built-in template rendered once to standard
+//! output), and `wharf agent --template` (the same renderer reading the in-process
+//! catalog). The renderer itself lives in `template_runner.rs`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use discovery::catalog::Catalog;
+use templates::{Builtin, BuiltinParams, RenderOptions};
+use tokio::sync::watch;
+
+use crate::template_http::{self, HttpFeed};
+use crate::template_runner::{self, Feed, Job, Quiescence, RunnerConfig, TemplateSpec};
+
+/// How long one blocking query waits on the server before asking again.
+const QUERY_WAIT: Duration = Duration::from_secs(60);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    discovery::duration::parse_go_duration(s, false)
+}
+
+/// Options of `wharf template` (consul-template's names, single dash accepted).
+#[derive(Args, Debug)]
+pub struct TemplateArgs {
+    /// SOURCE:DESTINATION[:COMMAND]: render SOURCE (a consul-template template) to
+    /// DESTINATION and run COMMAND (with sh) when the output changed; repeatable.
+    #[arg(long = "template", value_name = "SRC:DST[:CMD]", required = true)]
+    pub templates: Vec<TemplateSpec>,
+    /// Render every template once (waiting for its data), then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print what would be written to standard output instead; run no command.
+    #[arg(long)]
+    pub dry: bool,
+    /// Quiescence MIN[:MAX] (Go durations): render once the data has been still for MIN,
+    /// at the latest MAX (default 4 × MIN) after the first change.
+    #[arg(long, value_name = "MIN[:MAX]")]
+    pub wait: Option<Quiescence>,
+    /// Validate each new output before it replaces the old file, e.g.
+    /// "nginx -t -c {{tmp}}" ({{tmp}} is the new file); on failure the old file stays.
+    #[arg(long, value_name = "CMD")]
+    pub check_command: Option<String>,
+    /// Longest run of a check or command (Go duration).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+}
+
+/// `wharf agent` options for templates rendered from the in-process catalog.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentTemplateArgs {
+    /// Render a consul-template template from the catalog: SOURCE:DESTINATION[:COMMAND]
+    /// (COMMAND runs with sh when the output changed); repeatable.
+    #[arg(long = "template", value_name = "SRC:DST[:CMD]")]
+    pub template: Vec<TemplateSpec>,
+    /// Quiescence MIN[:MAX] for --template (Go durations).
+    #[arg(long, value_name = "MIN[:MAX]")]
+    pub template_wait: Option<Quiescence>,
+    /// Validate each new --template output first ({{tmp}} is the new file); a failure
+    /// keeps the old file.
+    #[arg(long, value_name = "CMD")]
+    pub template_check_command: Option<String>,
+}
+
+/// Options of `wharf export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Which configuration: nginx or haproxy.
+    #[arg(value_parser = ["nginx", "haproxy"])]
+    pub kind: String,
+    /// Only this service, which also becomes the default route.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Port (or ADDRESS:PORT) the generated server listens on.
+    #[arg(long, value_name = "PORT", default_value = "80")]
+    pub listen: String,
+    /// Host names <service>.<DOMAIN> route to that service.
+    #[arg(long, value_name = "DOMAIN", default_value = "localhost")]
+    pub domain: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A stop channel that flips on SIGINT or SIGTERM.
+fn stop_on_signals() -> Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// `wharf template`: consul-template against the HTTP API at `base`.
+pub fn run(args: TemplateArgs, base: String) -> Result<()> {
+    let jobs = args.templates.into_iter().map(Job::load).collect::<Result<Vec<_>>>()?;
+    let config = RunnerConfig {
+        once: args.once,
+        dry: args.dry,
+        wait: args.wait,
+        check_command: args.check_command,
+        command_timeout: args.command_timeout,
+        params: Default::default(),
+    };
+    runtime()?.block_on(async move {
+        let feed = Feed::Http(HttpFeed::new(base, QUERY_WAIT)?);
+        template_runner::run(jobs, feed, config, stop_on_signals()?).await
+    })
+}
+
+/// `wharf export nginx|haproxy`: the built-in template rendered once to standard output.
+pub fn export(args: ExportArgs, base: String) -> Result<()> {
+    let builtin = Builtin::from_name(&args.kind).with_context(|| format!("unknown export {:?}", args.kind))?;
+    let template = builtin.template().map_err(|e| anyhow::anyhow!("built-in template: {e}"))?;
+    let params = BuiltinParams { listen: args.listen, service: args.service, domain: args.domain };
+    let opts = RenderOptions { params: params.to_dot(), ..RenderOptions::default() };
+    runtime()?.block_on(async move {
+        let feed = HttpFeed::new(base, QUERY_WAIT)?;
+        // Each pass fetches what the previous one found missing (services, then each
+        // service's instances).
+        for _ in 0..8 {
+            let r = template.render(feed.snapshot(), &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if r.is_complete() {
+                print!("{}", r.output);
+                return Ok(());
+            }
+            template_http::fetch_all(&feed, &r.missing).await?;
+        }
+        bail!("the catalog kept changing while exporting: run the export again")
+    })
+}
+
+/// Checks `wharf agent --template` settings at start-up, so a bad template fails loudly.
+pub fn check_agent_templates(args: &AgentTemplateArgs) -> Result<()> {
+    for spec in &args.template {
+        Job::load(spec.clone())?;
+    }
+    Ok(())
+}
+
+/// Starts the renderer for `wharf agent --template` on the agent's runtime, reading the
+/// in-process catalog; it stops with the agent.
+pub fn spawn_in_agent(
+    args: &AgentTemplateArgs,
+    catalog: &Catalog,
+    node: &str,
+    datacenter: &str,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    if args.template.is_empty() {
+        return Ok(());
+    }
+    let jobs = args.template.iter().cloned().map(Job::load).collect::<Result<Vec<_>>>()?;
+    let config = RunnerConfig {
+        wait: args.template_wait,
+        check_command: args.template_check_command.clone(),
+        command_timeout: Duration::from_secs(60),
+        ..RunnerConfig::default()
+    };
+    let feed = Feed::Catalog { rx: catalog.subscribe(), node: node.to_string(), datacenter: datacenter.to_string() };
+    tracing::info!(templates = jobs.len(), "template renderer started");
+    tokio::spawn(async move {
+        if let Err(e) = template_runner::run(jobs, feed, config, stop).await {
+            tracing::error!("the template renderer stopped: {e:#}");
+        }
+    });
+    Ok(())
+}
