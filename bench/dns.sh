@@ -126,6 +126,10 @@ server:
     logfile: "$WORK/nsd/nsd.log"
     verbosity: 0
     hide-version: yes
+    # Debian builds NSD with response rate limiting (200 answers/s per client netblock by
+    # default), which would drop most of dnsperf's queries: off, like wharf.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
 remote-control:
     control-enable: no
 zone:
@@ -156,7 +160,7 @@ perf() {
   local out
   out=$(taskset -c "$CLIENT_CPUS" dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/queries.txt" -e \
     -l "$SECONDS_PER_RUN" -c 8 -T 1 "${@:3}" 2>&1) || die "dnsperf against $1 failed: $out"
-  echo "$out" >"$WORK/dnsperf-$1-$RANDOM.txt"
+  { echo "---- dnsperf against $1 ${*:3}"; echo "$out" | sed -n '/Statistics:/,$p'; } >>"$WORK/dnsperf.txt"
   local qps avg max lost
   qps=$(echo "$out" | awk '/Queries per second:/ {print $4}')
   avg=$(echo "$out" | awk '/Average Latency/ {print $4 * 1000}')
@@ -172,13 +176,14 @@ say "fixed-load runs (${FIXED_QPS} queries/s, ${SECONDS_PER_RUN}s each)"
 read -r WF_QPS WF_AVG WF_MAX WF_LOST < <(perf wharf "$WHARF_DNS" -q 200 -Q "$FIXED_QPS")
 read -r NF_QPS NF_AVG NF_MAX NF_LOST < <(perf nsd "$NSD_PORT" -q 200 -Q "$FIXED_QPS")
 
-WHARF_VERSION=$("$WHARF" --version)
-NSD_VERSION=$("$NSD" -v 2>&1 | head -1)
+WHARF_VERSION=$("$WHARF" --version || echo wharf)
+NSD_VERSION=$({ "$NSD" -v 2>&1 || true; } | head -1)
+DNSPERF_VERSION=$({ dnsperf -h 2>&1 || true; } | awk '/Version/ {print $2}')
 cat <<EOF
 
 DNS benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))
 catalog: $SERVICES services x $INSTANCES instances (10 nodes); queries: A + SRV of every service, EDNS 4096
-server pinned to CPU 0 (taskset -c 0); dnsperf $(dnsperf -h 2>&1 | awk '/Version/ {print $2}') on CPUs $CLIENT_CPUS; ${SECONDS_PER_RUN}s per run
+server pinned to CPU 0 (taskset -c 0); dnsperf $DNSPERF_VERSION on CPUs $CLIENT_CPUS; ${SECONDS_PER_RUN}s per run
 
                                    saturating (one core)           at ${FIXED_QPS} q/s
 server                             q/s      avg ms   max ms  lost  avg ms   max ms  lost
@@ -187,3 +192,7 @@ $(printf '%-32s %9.0f %8.3f %8.2f %5s %7.3f %8.2f %5s' "$NSD_VERSION" "$N_QPS" "
 
 ratio wharf/NSD: $(python3 -c "print(f'{$W_QPS / $N_QPS:.2f}')")x the queries per second; $(python3 -c "print(f'{$WF_AVG / $NF_AVG:.2f}')")x the average latency at ${FIXED_QPS} q/s
 EOF
+
+echo
+echo "dnsperf summaries:"
+cat "$WORK/dnsperf.txt"

@@ -53,13 +53,16 @@ fn fixture() -> &'static Fixture {
             state.apply(index, &cmd);
         };
         for n in &nodes {
-            apply(&mut state, Command::Register {
-                node: n.clone(),
-                service: None,
-                checks: vec![],
-                skip_node_update: false,
-                replace_service_checks: false,
-            });
+            apply(
+                &mut state,
+                Command::Register {
+                    node: n.clone(),
+                    service: None,
+                    checks: vec![],
+                    skip_node_update: false,
+                    replace_service_checks: false,
+                },
+            );
         }
         let statuses = [CheckStatus::Passing, CheckStatus::Warning, CheckStatus::Critical];
         for i in 0..40 {
@@ -88,13 +91,16 @@ fn fixture() -> &'static Fixture {
                 service_name: name.into(),
                 ..Default::default()
             };
-            apply(&mut state, Command::Register {
-                node: n.clone(),
-                service: Some(service),
-                checks: vec![check],
-                skip_node_update: true,
-                replace_service_checks: false,
-            });
+            apply(
+                &mut state,
+                Command::Register {
+                    node: n.clone(),
+                    service: Some(service),
+                    checks: vec![check],
+                    skip_node_update: true,
+                    replace_service_checks: false,
+                },
+            );
         }
         let variant = |o: DnsOptions| DnsConfig::new(&o).expect("fuzz settings are valid");
         let configs = vec![

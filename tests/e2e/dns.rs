@@ -569,7 +569,7 @@ async fn a_query_flood_does_not_starve_the_http_api() {
         sent += f.await.expect("flooder");
     }
     assert!(sent > 1000, "the flood was too small to mean anything: {sent}");
-    assert!(slowest < Duration::from_secs(1), "the HTTP API took {slowest:?} during a flood of {sent} queries");
+    assert!(slowest < Duration::from_secs(2), "the HTTP API took {slowest:?} during a flood of {sent} queries");
     // DNS itself still answers afterwards.
     assert_eq!(d.ask("big.service.consul.", RecordType::SRV, Via::Tcp).await.answers.len(), 30);
 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV, TXT};
@@ -23,7 +24,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::DnsConfig;
 use crate::model::{CheckStatus, Node, Service};
-use crate::state::{CatalogState, ServiceHealth};
+use crate::state::CatalogState;
 
 /// TTLs of service records: exact names first, then the longest matching `prefix*`
 /// (`*` alone is the default), else 0.
@@ -59,20 +60,37 @@ impl ServiceTtl {
     }
 }
 
-/// Service and node names of one catalog state by their lower-case form: DNS is
-/// case-insensitive, the catalog is not. Built once per catalog change, off the per-query
-/// path.
+/// One service instance as DNS sees it: its node, itself and its aggregate health (the
+/// worst of its own and its node's checks).
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub node: Node,
+    pub service: Service,
+    pub status: CheckStatus,
+}
+
+/// A service's catalog spellings and, computed on first use, its instances.
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    spellings: Vec<String>,
+    instances: OnceLock<Vec<Instance>>,
+}
+
+/// Service and node names of one catalog state by their lower-case form (DNS is
+/// case-insensitive, the catalog is not), and each service's instances with their health,
+/// computed once per state on the first query for that service: the catalog's health query
+/// walks every check of every instance's node, too slow to repeat per DNS query.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    services: HashMap<String, Vec<String>>,
+    services: HashMap<String, ServiceEntry>,
     nodes: HashMap<String, String>,
 }
 
 impl NameIndex {
     pub fn build(state: &CatalogState) -> NameIndex {
-        let mut services: HashMap<String, Vec<String>> = HashMap::new();
+        let mut services: HashMap<String, ServiceEntry> = HashMap::new();
         for name in state.service_names().0.into_keys() {
-            services.entry(name.to_ascii_lowercase()).or_default().push(name);
+            services.entry(name.to_ascii_lowercase()).or_default().spellings.push(name);
         }
         let mut nodes = HashMap::new();
         for node in state.nodes().0 {
@@ -81,9 +99,20 @@ impl NameIndex {
         NameIndex { services, nodes }
     }
 
-    /// The catalog's spellings of the lower-case service `name`.
-    pub fn services(&self, name: &str) -> &[String] {
-        self.services.get(name).map(Vec::as_slice).unwrap_or(&[])
+    /// The instances of the lower-case service `name` in `state`, which must be the state
+    /// this index was built from.
+    pub fn instances(&self, state: &CatalogState, name: &str) -> &[Instance] {
+        let Some(entry) = self.services.get(name) else {
+            return &[];
+        };
+        entry.instances.get_or_init(|| {
+            entry
+                .spellings
+                .iter()
+                .flat_map(|spelling| state.service_health(spelling, &[], false).0)
+                .map(|h| Instance { status: h.aggregate(), node: h.node, service: h.service })
+                .collect()
+        })
     }
 
     /// The catalog's spelling of the lower-case node `name`.
@@ -296,57 +325,68 @@ fn wants(qtype: RecordType, record: &Record) -> bool {
 
 /// The instances of `name` that DNS shows: tag matched case-insensitively, critical ones
 /// out, warning ones out with `only_passing`.
-fn instances(
+fn instances<'n>(
     state: &CatalogState,
-    names: &NameIndex,
+    names: &'n NameIndex,
     config: &DnsConfig,
     name: &str,
     tag: Option<&str>,
-) -> Vec<(ServiceHealth, CheckStatus)> {
-    let mut out = Vec::new();
-    for spelling in names.services(name) {
-        for h in state.service_health(spelling, &[], false).0 {
-            if let Some(tag) = tag
-                && !h.service.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
-            {
-                continue;
-            }
-            let status = h.aggregate();
-            let shown = match status {
-                CheckStatus::Passing => true,
-                CheckStatus::Warning => !config.only_passing,
-                CheckStatus::Critical => false,
-            };
-            if shown {
-                out.push((h, status));
-            }
-        }
-    }
-    out
+) -> Vec<&'n Instance> {
+    names
+        .instances(state, name)
+        .iter()
+        .filter(|i| match i.status {
+            CheckStatus::Passing => true,
+            CheckStatus::Warning => !config.only_passing,
+            CheckStatus::Critical => false,
+        })
+        .filter(|i| tag.is_none_or(|tag| i.service.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))))
+        .collect()
 }
 
 /// The SRV target of an instance and the record that resolves it, as Consul names them:
 /// `NODE.node.DC.domain.` when the instance uses its node's address, `HEX.addr.DC.domain.`
 /// when it has an IP of its own, the host name itself when its address is one.
-fn srv_target(node: &Node, service: &Service, dc_zone: &Name, ttl: u32) -> Option<(Name, Option<Record>)> {
-    if service.address.is_empty() || service.address == node.address {
+fn srv_target(node: &Node, service: &Service, suffixes: &TargetSuffixes, ttl: u32) -> Option<(Name, Option<Record>)> {
+    if uses_node_address(node, service) {
         let labels = node.node.split('.').map(str::as_bytes);
-        let target = Name::from_labels(labels)
-            .ok()?
-            .append_domain(&Name::from_ascii("node").ok()?.append_domain(dc_zone).ok()?)
-            .ok()?;
+        let target = Name::from_labels(labels).ok()?.append_domain(&suffixes.node).ok()?;
         let extra = address_record(target.clone(), ttl, &node.address);
         return Some((target, extra));
     }
     match service.address.parse::<IpAddr>() {
         Ok(ip) => {
-            let target = Name::from_ascii(hex_ip(ip))
-                .ok()?
-                .append_domain(&Name::from_ascii("addr").ok()?.append_domain(dc_zone).ok()?)
-                .ok()?;
+            let target = Name::from_ascii(hex_ip(ip)).ok()?.append_domain(&suffixes.addr).ok()?;
             Some((target.clone(), Some(ip_record(target, ttl, ip))))
         }
         Err(_) => host_name(&service.address).map(|target| (target, None)),
+    }
+}
+
+fn uses_node_address(node: &Node, service: &Service) -> bool {
+    service.address.is_empty() || service.address == node.address
+}
+
+/// What an instance's SRV target is made of: its node's name, or its own address.
+fn target_key(h: &Instance) -> (&str, bool) {
+    if uses_node_address(&h.node, &h.service) {
+        (h.node.node.as_str(), true)
+    } else {
+        (h.service.address.as_str(), false)
+    }
+}
+
+/// `node.DC.domain.` and `addr.DC.domain.`, built once per query.
+struct TargetSuffixes {
+    node: Name,
+    addr: Name,
+}
+
+impl TargetSuffixes {
+    fn new(datacenter: &str, zone: &Name) -> Option<TargetSuffixes> {
+        let dc_zone = Name::from_ascii(datacenter).ok()?.append_domain(zone).ok()?;
+        let under = |label: &str| Name::from_ascii(label).ok()?.append_domain(&dc_zone).ok();
+        Some(TargetSuffixes { node: under("node")?, addr: under("addr")? })
     }
 }
 
@@ -370,17 +410,20 @@ fn service_answer(
     let mut additionals: Vec<Record> = Vec::new();
     match qtype {
         RecordType::SRV => {
-            let dc_zone = Name::from_ascii(&config.datacenter).ok().and_then(|dc| dc.append_domain(zone).ok())?;
-            let mut seen: Vec<(Name, u16)> = Vec::new();
-            for (h, status) in &found {
-                let Some((target, extra)) = srv_target(&h.node, &h.service, &dc_zone, ttl) else {
-                    continue;
-                };
-                if seen.iter().any(|(t, p)| *t == target && *p == h.service.port) {
+            let suffixes = TargetSuffixes::new(&config.datacenter, zone)?;
+            // What a target is made of: the node's name, or the instance's own address.
+            let mut seen: Vec<((&str, bool), u16)> = Vec::with_capacity(found.len());
+            let mut resolved: Vec<(&str, bool)> = Vec::with_capacity(found.len());
+            for h in &found {
+                let key = target_key(h);
+                if seen.contains(&(key, h.service.port)) {
                     continue;
                 }
-                seen.push((target.clone(), h.service.port));
-                let weight = match status {
+                let Some((target, extra)) = srv_target(&h.node, &h.service, &suffixes, ttl) else {
+                    continue;
+                };
+                seen.push((key, h.service.port));
+                let weight = match h.status {
                     CheckStatus::Warning => h.service.weights.warning,
                     _ => h.service.weights.passing,
                 };
@@ -391,15 +434,16 @@ fn service_answer(
                     RData::SRV(SRV::new(1, weight, h.service.port, target.clone())),
                 ));
                 if let Some(extra) = extra
-                    && !additionals.iter().any(|r| r.name == target)
+                    && !resolved.contains(&key)
                 {
+                    resolved.push(key);
                     additionals.push(extra);
                 }
             }
         }
         RecordType::A | RecordType::AAAA | RecordType::ANY => {
             let mut cname: Option<Record> = None;
-            for (h, _) in &found {
+            for h in &found {
                 let address = if h.service.address.is_empty() { &h.node.address } else { &h.service.address };
                 let Some(record) = address_record(qname.clone(), ttl, address) else {
                     continue;
