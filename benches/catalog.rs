@@ -4,8 +4,7 @@
 //! all return after one write. Run with `bench/catalog.sh` (installs etcd) or
 //! `cargo bench --bench catalog`. Prints a table and one JSON line per figure.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,22 +12,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+mod support;
+use support::{Proc, free_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const LEVELS: [usize; 3] = [1, 16, 64];
 const SECONDS_PER_LEVEL: u64 = 5;
 const WATCHERS: usize = 1000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn wait_http(client: &reqwest::Client, url: &str, ok: impl Fn(&str) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);

