@@ -114,6 +114,14 @@ pub struct AgentArgs {
     /// are remote code execution; enable only on a trusted API address with ACLs.
     #[arg(long)]
     pub enable_script_checks: bool,
+    /// Directory of Wasm plugins (`NAME.wasm` components): health checks registered with
+    /// `"Wasm": {"Module": "NAME", "Config": "..."}` and template plugins. Without it, Wasm
+    /// checks are refused at registration.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Linear memory limit of one Wasm plugin instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub plugin_memory: usize,
 
     /// Watch the local Docker engine (`/var/run/docker.sock`, or DOCKER_HOST): off, auto
     /// (when the socket exists) or on.
@@ -206,6 +214,8 @@ fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
 /// The agent's settings after defaults and validation.
 struct Resolved {
     check_policy: discovery::health::CheckPolicy,
+    /// The Wasm plugin host, when `--plugin-dir` is given.
+    plugin_host: Option<Arc<plugins::PluginHost>>,
     proxy: Option<ProxySettings>,
     /// `None` when Docker is not watched.
     docker: Option<discovery::docker::labels::Mode>,
@@ -357,6 +367,10 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         })
     };
     let dns = dns_config(args)?;
+    let plugin_host = match &args.plugin_dir {
+        Some(dir) => Some(crate::wasm::plugin_host(dir, args.plugin_memory)?),
+        None => None,
+    };
     crate::template_cmd::check_agent_templates(&args.templates)?;
     let docker = args.docker.enabled().then(|| discovery::docker::labels::Mode {
         internal: args.docker_internal,
@@ -367,7 +381,13 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         datacenter: info.datacenter.clone(),
     });
     Ok(Resolved {
-        check_policy: discovery::health::CheckPolicy { enable_script_checks: args.enable_script_checks },
+        check_policy: discovery::health::CheckPolicy {
+            enable_script_checks: args.enable_script_checks,
+            wasm: plugin_host
+                .clone()
+                .map(|h| Arc::new(crate::wasm::WasmChecks(h)) as Arc<dyn discovery::health::WasmRunner>),
+        },
+        plugin_host,
         docker,
         proxy,
         info,
@@ -503,6 +523,10 @@ async fn serve(r: Resolved) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cluster: Arc<dyn Cluster> = node.clone();
     let mut metrics: Vec<api::MetricsRenderer> = Vec::new();
+    if let Some(host) = r.plugin_host.clone() {
+        tracing::info!(dir = %host.dir().display(), "Wasm plugins enabled");
+        metrics.push(Arc::new(move |out: &mut String| host.metrics.render(out)));
+    }
     let proxy = match r.proxy {
         None => None,
         Some(p) => {

@@ -10,6 +10,7 @@ mod config_dir;
 mod template_cmd;
 mod template_http;
 mod template_runner;
+mod wasm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -102,12 +102,7 @@ pub struct ApiState {
 
 /// Refuses checks this agent will not run.
 fn check_allowed(st: &ApiState, checks: &[crate::model::HealthCheck]) -> Result<(), ApiError> {
-    if !st.check_policy.enable_script_checks && checks.iter().any(|c| c.kind == "script") {
-        return Err(ApiError::BadRequest(
-            "Scripts are disabled on this agent; start it with --enable-script-checks (an open API with script checks is remote code execution)".into(),
-        ));
-    }
-    Ok(())
+    st.check_policy.allows(checks).map_err(ApiError::BadRequest)
 }
 
 type ApiResult = Result<Response, ApiError>;

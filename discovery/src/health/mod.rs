@@ -42,11 +42,71 @@ impl TtlHeartbeats {
     }
 }
 
+/// The instance a Wasm check probes, as plain data for the plugin host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WasmTarget {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: Vec<(String, String)>,
+}
+
+/// Runs Wasm checks. Implemented by the binary over the `plugins` crate, so `discovery`
+/// does not depend on wasmtime.
+pub trait WasmRunner: Send + Sync + 'static {
+    /// Whether `module` names a plugin this agent can run; checked at registration so an
+    /// unknown plugin is refused with 400.
+    fn validate(&self, module: &str) -> Result<(), String>;
+
+    /// Runs the plugin once. Whatever goes wrong is a critical status saying why.
+    fn run<'a>(
+        &'a self,
+        module: &'a str,
+        config: &'a str,
+        target: WasmTarget,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (CheckStatus, String)> + Send + 'a>>;
+}
+
 /// What the checker may run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct CheckPolicy {
     /// Script/args checks run commands on this host: off unless asked for.
     pub enable_script_checks: bool,
+    /// Wasm checks, when the agent has a plugin directory.
+    pub wasm: Option<Arc<dyn WasmRunner>>,
+}
+
+impl std::fmt::Debug for CheckPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckPolicy")
+            .field("enable_script_checks", &self.enable_script_checks)
+            .field("wasm", &self.wasm.is_some())
+            .finish()
+    }
+}
+
+impl CheckPolicy {
+    /// Refuses checks this agent will not run, saying how to enable them.
+    pub fn allows(&self, checks: &[HealthCheck]) -> Result<(), String> {
+        for c in checks {
+            if c.kind == "script" && !self.enable_script_checks {
+                return Err("Scripts are disabled on this agent; start it with --enable-script-checks (an open API with script checks is remote code execution)".into());
+            }
+            if let Some(w) = &c.definition.wasm {
+                let Some(runner) = &self.wasm else {
+                    return Err(format!(
+                        "Wasm check {:?}: this agent has no plugin directory; start it with --plugin-dir DIR",
+                        c.name
+                    ));
+                };
+                runner.validate(&w.module).map_err(|e| format!("Wasm check {:?}: {e}", c.name))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Counters for `/metrics`.
@@ -92,7 +152,7 @@ pub struct HealthChecker {
 }
 
 fn runnable(c: &HealthCheck) -> bool {
-    matches!(c.kind.as_str(), "http" | "tcp" | "grpc" | "script" | "ttl")
+    matches!(c.kind.as_str(), "http" | "tcp" | "grpc" | "script" | "ttl" | "wasm")
 }
 
 /// Where in its interval a check first runs: spread by its ID so many checks do not fire
@@ -209,6 +269,7 @@ impl HealthChecker {
                 "tcp" => probe::tcp(&def, timeout).await,
                 "grpc" => probe::grpc(&self.clients, &def, timeout).await,
                 "script" => probe::script(&def, timeout).await,
+                "wasm" => self.run_wasm(&c, timeout).await,
                 _ => return,
             };
             if let Some(status) = thresholds.observe(result) {
@@ -225,6 +286,30 @@ impl HealthChecker {
                 next = tokio::time::Instant::now() + interval;
             }
         }
+    }
+
+    /// Runs a Wasm check against the instance as the catalog knows it now.
+    async fn run_wasm(&self, c: &HealthCheck, timeout: Duration) -> (CheckStatus, String) {
+        let (Some(runner), Some(w)) = (&self.policy.wasm, &c.definition.wasm) else {
+            return (
+                CheckStatus::Critical,
+                "Wasm checks are not enabled on this agent (start it with --plugin-dir)".into(),
+            );
+        };
+        let snap = self.catalog.snapshot();
+        let node_address = snap.node(&self.node).map(|n| n.address.clone()).unwrap_or_default();
+        let target = match snap.service(&self.node, &c.service_id) {
+            Some(s) => WasmTarget {
+                service: s.service.clone(),
+                id: s.id.clone(),
+                address: if s.address.is_empty() { node_address } else { s.address.clone() },
+                port: s.port,
+                tags: s.tags.clone(),
+                meta: s.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            },
+            None => WasmTarget { address: node_address, ..WasmTarget::default() },
+        };
+        runner.run(&w.module, &w.config, target, timeout).await
     }
 
     async fn run_ttl(self: Arc<Self>, c: HealthCheck) {
