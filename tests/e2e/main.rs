@@ -14,3 +14,4 @@ mod health;
 mod proxy;
 mod python_client;
 mod templates;
+mod wasm;

@@ -214,10 +214,12 @@ impl HealthChecker {
         self.catalog.snapshot().check(&self.node, check_id).cloned()
     }
 
-    /// Records `status` if it differs from the catalog's.
+    /// Records `status` if it differs from the catalog's. The one exception: a check whose
+    /// output was never written (say, registered critical and still critical) gets its first
+    /// output once, so it shows why.
     async fn record(&self, check_id: &str, status: CheckStatus, output: String) {
         let Some(now) = self.current(check_id) else { return };
-        if now.status == status {
+        if now.status == status && !(now.output.is_empty() && !output.is_empty()) {
             return;
         }
         self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
