@@ -185,6 +185,10 @@ pub struct AgentArgs {
     /// How long an idle client keep-alive connection is kept.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub proxy_client_keepalive: Duration,
+    /// Longest a client may take to send a whole request header (counted from the
+    /// connection, or from a kept-alive request's first byte); slower ones are cut off.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub proxy_header_timeout: Duration,
     /// Retries on another instance after an upstream failure, for idempotent requests
     /// (failed connections are always retried while instances remain).
     #[arg(long, default_value_t = 2)]
@@ -364,6 +368,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
             access_log: args.access_log.clone(),
             tls_listen: args.proxy_tls_addr,
             certs: args.proxy_cert.clone(),
+            header_timeout: args.proxy_header_timeout,
         })
     };
     let dns = dns_config(args)?;
@@ -431,6 +436,7 @@ struct ProxySettings {
     access_log: Option<PathBuf>,
     tls_listen: Option<SocketAddr>,
     certs: Vec<proxy::tls::CertPaths>,
+    header_timeout: Duration,
 }
 
 fn open_access_log(path: &Path) -> Result<proxy::AccessLog> {
@@ -538,6 +544,7 @@ async fn serve(r: Resolved) -> Result<()> {
                 access_log: p.access_log.as_deref().map(open_access_log).transpose()?,
                 tls_listen: p.tls_listen,
                 certs: p.certs.clone(),
+                header_timeout: p.header_timeout,
             };
             let handle = proxy::start(config, catalog.clone(), stop_rx.clone()).map_err(|e| anyhow!("{e}"))?;
             let m = handle.metrics.clone();

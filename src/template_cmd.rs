@@ -3,6 +3,7 @@
 //! output), and `wharf agent --template` (the same renderer reading the in-process
 //! catalog). The renderer itself lives in `template_runner.rs`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +13,7 @@ use templates::{Builtin, BuiltinParams, RenderOptions};
 use tokio::sync::watch;
 
 use crate::template_http::{self, HttpFeed};
-use crate::template_runner::{self, Feed, Job, Quiescence, RunnerConfig, TemplateSpec};
+use crate::template_runner::{self, Feed, Job, PluginTemplates, Quiescence, RunnerConfig, TemplateSpec};
 
 /// How long one blocking query waits on the server before asking again.
 const QUERY_WAIT: Duration = Duration::from_secs(60);
@@ -45,6 +46,30 @@ pub struct TemplateArgs {
     /// Longest run of a check or command (Go duration).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// SOURCE=CONFIG: the config string for a Wasm template plugin (a SOURCE ending in
+    /// .wasm); repeatable.
+    #[arg(long, value_name = "SRC=CONFIG", value_parser = parse_plugin_config)]
+    pub plugin_config: Vec<(PathBuf, String)>,
+    /// KV keys under PREFIX go into the snapshot Wasm template plugins get.
+    #[arg(long, value_name = "PREFIX")]
+    pub plugin_kv_prefix: Option<String>,
+}
+
+fn parse_plugin_config(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once('=') {
+        Some((src, cfg)) if !src.is_empty() => Ok((PathBuf::from(src), cfg.to_string())),
+        _ => {
+            Err(format!("invalid plugin config {s:?}: expected SOURCE=CONFIG, e.g. upstreams.wasm={{\"listen\":8080}}"))
+        }
+    }
+}
+
+fn plugin_templates(configs: &[(PathBuf, String)], kv_prefix: &Option<String>) -> PluginTemplates {
+    PluginTemplates {
+        configs: configs.iter().cloned().collect(),
+        kv_prefix: kv_prefix.clone(),
+        timeout: Duration::from_secs(5),
+    }
 }
 
 /// `wharf agent` options for templates rendered from the in-process catalog.
@@ -61,6 +86,12 @@ pub struct AgentTemplateArgs {
     /// keeps the old file.
     #[arg(long, value_name = "CMD")]
     pub template_check_command: Option<String>,
+    /// SOURCE=CONFIG: the config string of a Wasm template plugin given to --template.
+    #[arg(long, value_name = "SRC=CONFIG", value_parser = parse_plugin_config)]
+    pub template_plugin_config: Vec<(PathBuf, String)>,
+    /// KV keys under PREFIX go into the snapshot Wasm template plugins get.
+    #[arg(long, value_name = "PREFIX")]
+    pub template_plugin_kv_prefix: Option<String>,
 }
 
 /// Options of `wharf export`.
@@ -105,7 +136,8 @@ fn stop_on_signals() -> Result<watch::Receiver<bool>> {
 
 /// `wharf template`: consul-template against the HTTP API at `base`.
 pub fn run(args: TemplateArgs, base: String) -> Result<()> {
-    let jobs = args.templates.into_iter().map(Job::load).collect::<Result<Vec<_>>>()?;
+    let plugins = plugin_templates(&args.plugin_config, &args.plugin_kv_prefix);
+    let jobs = args.templates.into_iter().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
     let config = RunnerConfig {
         once: args.once,
         dry: args.dry,
@@ -144,8 +176,9 @@ pub fn export(args: ExportArgs, base: String) -> Result<()> {
 
 /// Checks `wharf agent --template` settings at start-up, so a bad template fails loudly.
 pub fn check_agent_templates(args: &AgentTemplateArgs) -> Result<()> {
+    let plugins = plugin_templates(&args.template_plugin_config, &args.template_plugin_kv_prefix);
     for spec in &args.template {
-        Job::load(spec.clone())?;
+        Job::load(spec.clone(), &plugins)?;
     }
     Ok(())
 }
@@ -162,7 +195,8 @@ pub fn spawn_in_agent(
     if args.template.is_empty() {
         return Ok(());
     }
-    let jobs = args.template.iter().cloned().map(Job::load).collect::<Result<Vec<_>>>()?;
+    let plugins = plugin_templates(&args.template_plugin_config, &args.template_plugin_kv_prefix);
+    let jobs = args.template.iter().cloned().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
     let config = RunnerConfig {
         wait: args.template_wait,
         check_command: args.template_check_command.clone(),

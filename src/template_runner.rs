@@ -128,10 +128,37 @@ impl Feed {
     }
 }
 
+/// How `.wasm` template sources (Wasm template plugins) are run.
+#[derive(Clone, Debug, Default)]
+pub struct PluginTemplates {
+    /// The config string handed to each plugin, by its source path as given.
+    pub configs: BTreeMap<PathBuf, String>,
+    /// KV keys under this prefix are part of the snapshot a plugin gets (none when unset).
+    pub kv_prefix: Option<String>,
+    /// Longest a plugin may run per render.
+    pub timeout: Duration,
+}
+
+/// A template plugin: `render(snapshot, config)` of a component built for the `template`
+/// world of plugins/wit/plugin.wit.
+struct WasmTemplate {
+    host: Arc<plugins::PluginHost>,
+    module: String,
+    config: String,
+    kv_prefix: Option<String>,
+    timeout: Duration,
+}
+
+/// What a job renders: consul-template text or a Wasm template plugin.
+enum Source {
+    Text(Template),
+    Wasm(WasmTemplate),
+}
+
 /// One template being kept up to date.
 pub struct Job {
     pub spec: TemplateSpec,
-    template: Template,
+    template: Source,
     /// The answers to the dependencies the last render used (`None` before the first).
     seen: Option<BTreeMap<Dependency, Option<DataValue>>>,
     used: BTreeSet<Dependency>,
@@ -145,7 +172,12 @@ pub struct Job {
 
 impl Job {
     /// Reads and parses the template of `spec`; syntax errors name file, line and column.
-    pub fn load(spec: TemplateSpec) -> Result<Job> {
+    /// A source ending in `.wasm` is a template plugin, compiled here so a bad one fails
+    /// at start-up.
+    pub fn load(spec: TemplateSpec, plugins: &PluginTemplates) -> Result<Job> {
+        if spec.source.extension().is_some_and(|e| e == "wasm") {
+            return Job::load_plugin(spec, plugins);
+        }
         let text = std::fs::read_to_string(&spec.source)
             .with_context(|| format!("cannot read template {}: check the path", spec.source.display()))?;
         let template = Template::parse(&spec.source.display().to_string(), &text)
@@ -154,8 +186,88 @@ impl Job {
     }
 
     pub fn new(spec: TemplateSpec, template: Template) -> Job {
+        Job::with_source(spec, Source::Text(template))
+    }
+
+    fn with_source(spec: TemplateSpec, template: Source) -> Job {
         Job { spec, template, seen: None, used: BTreeSet::new(), done: false, printed: None, error: None }
     }
+
+    fn load_plugin(spec: TemplateSpec, opts: &PluginTemplates) -> Result<Job> {
+        let src = &spec.source;
+        let module = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = match src.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let host = plugins::PluginHost::new(plugins::PluginConfig::new(dir))
+            .with_context(|| format!("template plugin {}", src.display()))?;
+        host.prepare_template(&module).map_err(|e| anyhow::anyhow!("template plugin {}: {e}", src.display()))?;
+        let wasm = WasmTemplate {
+            host: Arc::new(host),
+            module,
+            config: opts.configs.get(src).cloned().unwrap_or_default(),
+            kv_prefix: opts.kv_prefix.clone(),
+            timeout: if opts.timeout.is_zero() { Duration::from_secs(5) } else { opts.timeout },
+        };
+        Ok(Job::with_source(spec, Source::Wasm(wasm)))
+    }
+}
+
+/// The catalog snapshot a template plugin gets: every service with its passing instances,
+/// and the KV pairs under the prefix. Also returns what it read, and whether the source
+/// knew all of it (an HTTP feed learns what to fetch from the first pass).
+fn plugin_snapshot(
+    data: &dyn TemplateData,
+    kv_prefix: Option<&str>,
+) -> (plugins::Snapshot, BTreeSet<Dependency>, bool) {
+    let mut used = BTreeSet::new();
+    let mut complete = true;
+    let mut snapshot = plugins::Snapshot { services: Vec::new(), kv: Vec::new() };
+    let services_dep = Dependency::CatalogServices { dc: None };
+    used.insert(services_dep.clone());
+    match data.fetch(&services_dep) {
+        Some(DataValue::CatalogServices(list)) => {
+            for s in list {
+                let dep = Dependency::HealthService { name: s.name.clone(), tag: None, dc: None };
+                used.insert(dep.clone());
+                let instances = match data.fetch(&dep) {
+                    Some(DataValue::HealthService(entries)) => entries
+                        .into_iter()
+                        .filter(|e| e.status == "passing")
+                        .map(|e| plugins::Instance {
+                            service: e.name,
+                            id: e.id,
+                            address: if e.address.is_empty() { e.node_address } else { e.address },
+                            port: e.port,
+                            tags: e.tags,
+                            meta: e.service_meta.into_iter().collect(),
+                        })
+                        .collect(),
+                    _ => {
+                        complete = false;
+                        Vec::new()
+                    }
+                };
+                snapshot.services.push(plugins::Service { name: s.name, instances });
+            }
+        }
+        _ => complete = false,
+    }
+    snapshot.services.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(prefix) = kv_prefix {
+        let dep = Dependency::KeyPrefix { prefix: prefix.to_string() };
+        used.insert(dep.clone());
+        match data.fetch(&dep) {
+            Some(DataValue::KeyPrefix(pairs)) => {
+                snapshot.kv =
+                    pairs.into_iter().map(|p| plugins::KvPair { key: p.key, value: p.value.into_bytes() }).collect();
+                snapshot.kv.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+            _ => complete = false,
+        }
+    }
+    (snapshot, used, complete)
 }
 
 fn answers(data: &dyn TemplateData, deps: &BTreeSet<Dependency>) -> BTreeMap<Dependency, Option<DataValue>> {
@@ -232,25 +344,48 @@ async fn render_job(
     if job.seen.as_ref() == Some(&now) {
         return Step::Unchanged;
     }
-    let opts = RenderOptions { params: config.params.clone(), ..RenderOptions::default() };
-    let rendered = match job.template.render(shared.clone(), &opts) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("template {e}");
-            job.error = Some(e.to_string());
-            job.seen = Some(now);
-            return Step::Failed;
+    let output = match &job.template {
+        Source::Text(template) => {
+            let opts = RenderOptions { params: config.params.clone(), ..RenderOptions::default() };
+            let rendered = match template.render(shared.clone(), &opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("template {e}");
+                    job.error = Some(e.to_string());
+                    job.seen = Some(now);
+                    return Step::Failed;
+                }
+            };
+            job.error = None;
+            job.seen = Some(answers(data, &rendered.used));
+            job.used = rendered.used;
+            if !rendered.missing.is_empty() {
+                let waiting: Vec<String> = rendered.missing.iter().map(ToString::to_string).collect();
+                tracing::debug!(template = %job.spec.source.display(), "waiting for {}", waiting.join(", "));
+                return Step::Incomplete;
+            }
+            rendered.output
+        }
+        Source::Wasm(w) => {
+            let (snapshot, used, complete) = plugin_snapshot(data, w.kv_prefix.as_deref());
+            job.seen = Some(answers(data, &used));
+            job.used = used;
+            if !complete {
+                return Step::Incomplete;
+            }
+            match w.host.render(&w.module, &snapshot, &w.config, w.timeout).await {
+                Ok(text) => {
+                    job.error = None;
+                    text
+                }
+                Err(e) => {
+                    tracing::error!("template {}: {e}; the previous output stays in place", job.spec.source.display());
+                    job.error = Some(format!("{}: {e}", job.spec.source.display()));
+                    return Step::Failed;
+                }
+            }
         }
     };
-    job.error = None;
-    job.seen = Some(answers(data, &rendered.used));
-    job.used = rendered.used;
-    if !rendered.missing.is_empty() {
-        let waiting: Vec<String> = rendered.missing.iter().map(ToString::to_string).collect();
-        tracing::debug!(template = %job.spec.source.display(), "waiting for {}", waiting.join(", "));
-        return Step::Incomplete;
-    }
-    let output = rendered.output;
     if config.dry {
         job.done = true;
         if job.printed.as_ref() == Some(&output) {

@@ -54,9 +54,12 @@ enum Loaded {
     Template(TemplatePre<Sandbox>),
 }
 
+type Stamp = (Option<SystemTime>, u64);
+type LoadResult = Result<Arc<Loaded>, String>;
+
 struct CacheEntry {
-    stamp: (Option<SystemTime>, u64),
-    loaded: Result<Arc<Loaded>, String>,
+    stamp: Stamp,
+    loaded: LoadResult,
 }
 
 /// The result of one health-check plugin call.
@@ -216,34 +219,68 @@ impl PluginHost {
         Ok(path)
     }
 
-    /// The compiled, pre-linked plugin, compiling it when the file is new or changed.
-    async fn load(&self, world: World, name: &str) -> Result<Arc<Loaded>, String> {
+    /// The plugin's file and its version stamp, and the cached load of that version.
+    fn lookup(&self, world: World, name: &str) -> Result<(PathBuf, Stamp, Option<LoadResult>), String> {
         let path = self.resolve(name)?;
         let meta = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let stamp = (meta.modified().ok(), meta.len());
-        let key = (world, name.to_string());
-        if let Ok(cache) = self.cache.lock()
-            && let Some(entry) = cache.get(&key)
-            && entry.stamp == stamp
-        {
-            return entry.loaded.clone();
-        }
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(world, name.to_string())).filter(|e| e.stamp == stamp).map(|e| e.loaded.clone()));
+        Ok((path, stamp, cached))
+    }
+
+    fn remember(
+        &self,
+        world: World,
+        name: &str,
+        stamp: Stamp,
+        loaded: Result<Loaded, String>,
+        path: &Path,
+    ) -> LoadResult {
         self.metrics.compiles.fetch_add(1, Ordering::Relaxed);
-        let engine = self.engine.clone();
-        let linker = match world {
-            World::Check => self.check_linker.clone(),
-            World::Template => self.template_linker.clone(),
-        };
-        let shown = path.display().to_string();
-        let loaded = tokio::task::spawn_blocking(move || compile(&engine, &linker, world, &path))
-            .await
-            .unwrap_or_else(|e| Err(format!("compiling stopped: {e}")))
-            .map(Arc::new)
-            .map_err(|e| format!("plugin {name:?} ({shown}) cannot be used: {e}"));
+        let loaded =
+            loaded.map(Arc::new).map_err(|e| format!("plugin {name:?} ({}) cannot be used: {e}", path.display()));
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, CacheEntry { stamp, loaded: loaded.clone() });
+            cache.insert((world, name.to_string()), CacheEntry { stamp, loaded: loaded.clone() });
         }
         loaded
+    }
+
+    fn linker(&self, world: World) -> Linker<Sandbox> {
+        match world {
+            World::Check => self.check_linker.clone(),
+            World::Template => self.template_linker.clone(),
+        }
+    }
+
+    /// The compiled, pre-linked plugin, compiling it (off the async threads) when the file
+    /// is new or changed.
+    async fn load(&self, world: World, name: &str) -> LoadResult {
+        let (path, stamp, cached) = self.lookup(world, name)?;
+        if let Some(c) = cached {
+            return c;
+        }
+        let (engine, linker, p) = (self.engine.clone(), self.linker(world), path.clone());
+        let loaded = tokio::task::spawn_blocking(move || compile(&engine, &linker, world, &p))
+            .await
+            .unwrap_or_else(|e| Err(format!("compiling stopped: {e}")));
+        self.remember(world, name, stamp, loaded, &path)
+    }
+
+    /// Compiles template plugin `name` now (blocking), so a bad plugin is reported at start-up.
+    pub fn prepare_template(&self, name: &str) -> Result<(), String> {
+        let (path, stamp, cached) = self.lookup(World::Template, name)?;
+        let loaded = match cached {
+            Some(c) => c,
+            None => {
+                let loaded = compile(&self.engine, &self.template_linker, World::Template, &path);
+                self.remember(World::Template, name, stamp, loaded, &path)
+            }
+        };
+        loaded.map(|_| ())
     }
 
     fn store(&self, name: &str, target: Option<Instance>, timeout: Duration) -> Store<Sandbox> {

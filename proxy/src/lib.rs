@@ -7,6 +7,7 @@
 //! last good table keeps serving.
 
 pub mod balance;
+pub mod header_deadline;
 pub mod metrics;
 pub mod route_table;
 pub mod service;
@@ -41,6 +42,8 @@ pub struct ProxyConfig {
     /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN) and its certificates.
     pub tls_listen: Option<SocketAddr>,
     pub certs: Vec<tls::CertPaths>,
+    /// Longest a client may take to send a request header (slowloris defence).
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,12 +158,16 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
         metrics: metrics.clone(),
         access_log: config.access_log,
     };
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-    if let Some(app) = service.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        app.server_options = Some(opts);
-    }
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    app.server_options = Some(opts);
+    let app = header_deadline::HeaderDeadline {
+        inner: Arc::new(app),
+        timeout: config.header_timeout,
+        timeouts: metrics.header_timeouts.clone(),
+    };
+    let mut service = pingora::services::listening::Service::new("wharf proxy".to_string(), app);
     for addr in &config.listen {
         service.add_tcp(&addr.to_string());
     }

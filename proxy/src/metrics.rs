@@ -85,6 +85,8 @@ pub struct ProxyMetrics {
     pub unrouted: AtomicU64,
     pub rebuilds: AtomicU64,
     pub rebuild_duration: Histogram,
+    /// Client connections closed for sending their request header too slowly.
+    pub header_timeouts: Arc<AtomicU64>,
     pool_sizes: Mutex<BTreeMap<String, usize>>,
 }
 
@@ -174,6 +176,9 @@ impl ProxyMetrics {
         out.push_str("# HELP wharf_proxy_route_table_rebuild_seconds Time to build a route table.\n");
         out.push_str("# TYPE wharf_proxy_route_table_rebuild_seconds histogram\n");
         self.rebuild_duration.render(out, "wharf_proxy_route_table_rebuild_seconds", "");
+        out.push_str("# HELP wharf_proxy_header_timeouts_total Client connections closed for a request header slower than --proxy-header-timeout.\n");
+        out.push_str("# TYPE wharf_proxy_header_timeouts_total counter\n");
+        let _ = writeln!(out, "wharf_proxy_header_timeouts_total {}", self.header_timeouts.load(Ordering::Relaxed));
     }
 }
 

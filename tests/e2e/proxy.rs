@@ -386,6 +386,57 @@ async fn smuggling_shapes_are_refused() {
     assert_eq!(p.get("web.localhost", "/").await.0, 200);
 }
 
+#[tokio::test]
+async fn slow_headers_are_cut_off_at_the_header_timeout() {
+    let p = ProxyAgent::start(&["--proxy-header-timeout", "1s"]).await;
+    let b = Backend::start("h1").await;
+    p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    let addr = p.proxy.trim_start_matches("http://").to_string();
+
+    // Slowloris: a header line, then one byte every 200 ms, never finishing.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let started = Instant::now();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n").await.expect("write");
+    let mut closed_after = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.write_all(b"X").await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(closed_after >= Duration::from_millis(900), "cut off too early: {closed_after:?}");
+    assert!(closed_after < Duration::from_millis(2500), "cut off late: {closed_after:?}");
+
+    // A header sent in two parts well within the limit is served.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(b"GET /a HTTP/1.1\r\nHost: web.localhost\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.write_all(b"X-Late: 1\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Idle keep-alive time does not count: 1.5 s later the same connection serves again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.write_all(b"GET /b HTTP/1.1\r\nHost: web.localhost\r\n\r\n").await.expect("write");
+    let n = c.read(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("h1 /b"), "{text}");
+
+    let metrics = p.api.get("/metrics").await.body;
+    assert!(metrics.contains("wharf_proxy_header_timeouts_total 1"), "header timeout not counted");
+    println!("proxy: a slowloris client was cut off {closed_after:?} after connecting (header timeout 1s)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn churn_with_200_keepalive_clients_loses_no_request() {
     const CLIENTS: usize = 200;

@@ -389,3 +389,90 @@ async fn bad_templates_fail_loudly_with_their_position() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SOURCE:DESTINATION"));
 }
+
+/// The upstreams_template plugin built from plugins/guest, copied into `dir`.
+fn template_plugin(dir: &Path) -> PathBuf {
+    let built = plugins::guests::build_guest_plugins().unwrap_or_else(|e| panic!("{e}"));
+    let dst = dir.join("upstreams_template.wasm");
+    std::fs::copy(built.join("upstreams_template.wasm"), &dst).expect("copy plugin");
+    dst
+}
+
+#[tokio::test]
+async fn wasm_template_plugin_renders_a_config_nginx_accepts() {
+    let agent = Agent::dev().await;
+    let api = Api::new(&agent);
+    populate(&api, 4).await;
+    api.put_ok("/v1/kv/wharf/tpl/owner", "team-a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = template_plugin(dir.path());
+    let dst = dir.path().join("upstreams.conf");
+    let spec = format!("{}:{}", src.display(), dst.display());
+    let cfg = format!(r#"{}={{"listen": {}}}"#, src.display(), free_port());
+    let out = agent.cli(&[
+        "template",
+        "-template",
+        &spec,
+        "-once",
+        "-plugin-config",
+        &cfg,
+        "-plugin-kv-prefix",
+        "wharf/tpl/",
+    ]);
+    ok(&out, "wharf template -once with a Wasm template plugin");
+    let text = read(&dst);
+    // Passing instances only: db's one instance is critical, so its pool is the placeholder.
+    for want in [
+        "upstream web {",
+        "server 127.0.0.1:20000;",
+        "server 127.0.0.1:20003;",
+        "upstream api {",
+        "server 127.0.0.1:20001;",
+        "upstream db {",
+        "server 127.0.0.1:65535 down;",
+        "# kv wharf/tpl/owner = team-a",
+        "return 503;",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains(":5432"), "{text}");
+    let main_conf = dir.path().join("nginx.conf");
+    std::fs::write(&main_conf, format!("events {{}}\nhttp {{\n    include {};\n}}\n", dst.display()))
+        .expect("write nginx.conf");
+    nginx_test(&main_conf, &dir.path().join("run"));
+
+    // A plugin error (its config is refused) fails -once with the plugin's words, and the
+    // previous output stays in place.
+    let bad = format!("{}={{\"no_such_field\": 1}}", src.display());
+    let out = agent.cli(&["template", "-template", &spec, "-once", "-plugin-config", &bad]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstreams_template") && err.contains("no_such_field"), "{err}");
+    assert_eq!(read(&dst), text);
+
+    // A file that is not a template plugin is refused at start-up.
+    let wrong = dir.path().join("echo.wasm");
+    let built = plugins::guests::build_guest_plugins().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(built.join("echo.wasm"), &wrong).expect("copy");
+    let out = agent.cli(&["template", "-template", &format!("{}:{}", wrong.display(), dst.display()), "-once"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not export the template world"));
+}
+
+#[tokio::test]
+async fn agent_keeps_a_wasm_template_up_to_date() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = template_plugin(dir.path());
+    let dst = dir.path().join("upstreams.conf");
+    let spec = format!("{}:{}", src.display(), dst.display());
+    let cfg = format!(r#"{}={{"services": ["web"]}}"#, src.display());
+    let agent = Agent::dev_with(&["--template", &spec, "--template-plugin-config", &cfg]).await;
+    let api = Api::new(&agent);
+    wait_for("the first render", Duration::from_secs(10), || async { read(&dst).contains("65535 down") }).await;
+    register(&api, json!({"ID": "web-1", "Name": "web", "Address": "127.0.0.1", "Port": 8080})).await;
+    wait_for("the new instance", Duration::from_secs(10), || async {
+        let t = read(&dst);
+        t.contains("server 127.0.0.1:8080;") && !t.contains("65535")
+    })
+    .await;
+}

@@ -219,7 +219,8 @@ impl HealthChecker {
     /// output once, so it shows why.
     async fn record(&self, check_id: &str, status: CheckStatus, output: String) {
         let Some(now) = self.current(check_id) else { return };
-        if now.status == status && !(now.output.is_empty() && !output.is_empty()) {
+        let first_output = now.output.is_empty() && !output.is_empty();
+        if now.status == status && !first_output {
             return;
         }
         self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,8 @@
 //! * `exclude`: services to leave out;
 //! * `listen`: also render a `server` block listening on this port that routes `/NAME/` to
 //!   upstream `NAME`.
+//!
+//! The KV pairs the host passes (those under its `--plugin-kv-prefix`) are listed as comments.
 
 use std::fmt::Write;
 
@@ -76,6 +78,13 @@ fn render(catalog: &Snapshot, config: &Config) -> Result<String, String> {
     let mut out = String::new();
     let fmt_err = |e: std::fmt::Error| format!("formatting the output failed: {e}");
     writeln!(out, "# rendered by upstreams-template from {} services", selected.len()).map_err(fmt_err)?;
+    // The KV pairs the host passed (under its configured prefix), as comments.
+    for pair in &catalog.kv {
+        let value: String =
+            String::from_utf8_lossy(&pair.value).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let key: String = pair.key.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        writeln!(out, "# kv {key} = {value}").map_err(fmt_err)?;
+    }
     for (name, servers) in &selected {
         writeln!(out, "\nupstream {name} {{").map_err(fmt_err)?;
         if servers.is_empty() {
