@@ -1,5 +1,5 @@
-//! `wharf`: one binary for a Raft-replicated service catalog with Consul's HTTP API, and
-//! (in later stages) health checks, DNS, templates and an L7 proxy.
+//! `wharf`: one binary for a Raft-replicated service catalog with Consul's HTTP API, health
+//! checks (built-in and Wasm), DNS, templates and an L7 proxy.
 //!
 //! `main` stays synchronous: the agent builds its own runtime (Pingora will want to own
 //! its runtimes too), and client commands run on a small one of their own.
@@ -14,6 +14,11 @@ mod wasm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc's malloc: the proxy allocates and frees per request on
+/// several threads, where glibc's arenas cost about a sixth of the proxy's CPU (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(name = "wharf", version, about = "Service discovery, health checks and a reload-free proxy in one binary")]
