@@ -160,6 +160,7 @@ mod tests {
     fn renders_every_service() {
         let out = render(&snapshot(), &Config::default()).expect("renders");
         let expected = "# rendered by upstreams-template from 2 services
+# kv nginx/x = y
 
 upstream api {
     # no passing instance
@@ -181,6 +182,7 @@ upstream web {
             .expect("valid");
         let out = render(&snapshot(), &config).expect("renders");
         let expected = "# rendered by upstreams-template from 2 services
+# kv nginx/x = y
 
 upstream web {
     server 10.0.0.1:80;
