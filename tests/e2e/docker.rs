@@ -270,7 +270,9 @@ async fn registrator_conventions_on_real_containers() {
     assert_eq!(c["Definition"]["DeregisterCriticalServiceAfter"], "1m");
     let t = check_of(&format!("node-1:{}:8080", name("tcp")));
     assert!(t["Definition"]["TCP"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{t}");
-    assert_eq!(t["Status"], "critical");
+    // Critical until its first probe, which runs at a point of its interval set by a hash of
+    // the (per-run) check ID: it may already have passed.
+    assert!(matches!(t["Status"].as_str(), Some("critical" | "passing")), "{t}");
     assert_eq!(check_of(&format!("node-1:{}:8080", name("ttl")))["Definition"]["TTL"], "30s");
     let h = check_of(&format!("node-1:{}:8080", name("https")));
     assert!(
