@@ -603,11 +603,15 @@ async fn serve(r: Resolved) -> Result<()> {
         };
         tokio::spawn(watcher.run(stop_rx.clone()));
     }
-    let reload = |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, dirs: Vec<PathBuf>, data_dir: PathBuf| async move {
-        if dirs.is_empty() {
-            return Ok("no --config-dir given; nothing to reload".to_string());
+    let policy = r.check_policy.clone();
+    let reload = |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, dirs: Vec<PathBuf>, data_dir: PathBuf| {
+        let policy = policy.clone();
+        async move {
+            if dirs.is_empty() {
+                return Ok("no --config-dir given; nothing to reload".to_string());
+            }
+            crate::config_dir::sync(&dirs, &data_dir, &info, &policy, cluster.as_ref()).await
         }
-        crate::config_dir::sync(&dirs, &data_dir, &info, cluster.as_ref()).await
     };
     if !r.config_dirs.is_empty() {
         let summary = reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone())

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use discovery::catalog::Cluster;
 use discovery::command::{Command, Outcome};
 use discovery::decode::{ConfigFile, decode_value};
+use discovery::health::CheckPolicy;
 use discovery::model::{HealthCheck, Service};
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +48,9 @@ fn json_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads and validates every definition in `dirs`.
-pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo) -> Result<Definitions> {
+/// Reads and validates every definition in `dirs`. Wasm checks must name a plugin of the
+/// agent's `--plugin-dir`, as at the HTTP API.
+pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo, policy: &CheckPolicy) -> Result<Definitions> {
     let mut defs = Definitions { services: Vec::new(), checks: Vec::new() };
     for file in json_files(dirs)? {
         let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -60,6 +62,7 @@ pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo) -> Result<Definitio
             let (svc, checks) = reg
                 .into_records(&agent.node_name, &agent.datacenter)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            wasm_allowed(policy, &checks).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             defs.services.push((svc, checks));
         }
         for reg in checks {
@@ -77,6 +80,7 @@ pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo) -> Result<Definitio
             let check = reg
                 .into_check(&agent.node_name, None, id, String::new())
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            wasm_allowed(policy, std::slice::from_ref(&check)).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             defs.checks.push(check);
         }
     }
@@ -87,6 +91,13 @@ pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo) -> Result<Definitio
         }
     }
     Ok(defs)
+}
+
+/// The policy's Wasm rules (a known plugin, a plugin dir). Script checks from local files
+/// stay allowed, as Consul's config files are trusted.
+fn wasm_allowed(policy: &CheckPolicy, checks: &[HealthCheck]) -> Result<(), String> {
+    let wasm: Vec<HealthCheck> = checks.iter().filter(|c| c.definition.wasm.is_some()).cloned().collect();
+    policy.allows(&wasm)
 }
 
 fn state_file(data_dir: &Path) -> PathBuf {
@@ -102,8 +113,14 @@ async fn write_ok(cluster: &dyn Cluster, cmd: Command) -> Result<()> {
 }
 
 /// Loads the config dirs and makes the catalog match them. Returns a one-line summary.
-pub async fn sync(dirs: &[PathBuf], data_dir: &Path, agent: &AgentInfo, cluster: &dyn Cluster) -> Result<String> {
-    let defs = read_definitions(dirs, agent)?;
+pub async fn sync(
+    dirs: &[PathBuf],
+    data_dir: &Path,
+    agent: &AgentInfo,
+    policy: &CheckPolicy,
+    cluster: &dyn Cluster,
+) -> Result<String> {
+    let defs = read_definitions(dirs, agent, policy)?;
     let path = state_file(data_dir);
     let previous: Registered = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),

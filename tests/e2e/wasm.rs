@@ -99,6 +99,31 @@ async fn wasm_check_registration_is_validated() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--plugin-dir /nonexistent/plugins"), "{err}");
+
+    // A config-dir file naming an unknown plugin is refused at start-up, naming the file.
+    let conf = tempfile::tempdir().expect("tempdir");
+    let file = conf.path().join("web.json");
+    std::fs::write(
+        &file,
+        r#"{"service": {"name": "web", "port": 80, "check": {"wasm": {"module": "nope"}, "interval": "1s"}}}"#,
+    )
+    .expect("write config");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["agent", "--dev", "--no-proxy", "--docker", "off", "--no-dns"])
+        .args(["--http-port", &crate::harness::free_port().to_string()])
+        .args(["--raft-port", &crate::harness::free_port().to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--config-dir")
+        .arg(conf.path())
+        .arg("--plugin-dir")
+        .arg(&dir)
+        .output()
+        .expect("run wharf");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("web.json") && err.contains("unknown plugin \"nope\""), "{err}");
 }
 
 /// A Tomcat stand-in on loopback: the app on `/`, the manager's XML status page with a
