@@ -4,7 +4,8 @@
 //! `SERVICE_<KEY>` from the environment, overridden by labels (labels win), and
 //! `SERVICE_<port>_<KEY>` per port over the generic ones. Known keys: NAME, ID, TAGS,
 //! IGNORE, CHECK_HTTP, CHECK_HTTPS, CHECK_TCP, CHECK_TTL, CHECK_INTERVAL, CHECK_TIMEOUT,
-//! CHECK_INITIAL_STATUS, CHECK_DEREGISTER_AFTER; any other key becomes service Meta (lower
+//! CHECK_INITIAL_STATUS, CHECK_DEREGISTER_AFTER, and wharf's CHECK_WASM (a plugin of
+//! `--plugin-dir`) with CHECK_WASM_CONFIG; any other key becomes service Meta (lower
 //! case). wharf's own labels for new users: `wharf.service`, `wharf.port`, `wharf.tags`,
 //! `wharf.route`, `wharf.lb`, `wharf.ignore`.
 
@@ -363,6 +364,12 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
         } else if let Some(ttl) = m.get("CHECK_TTL") {
             let ttl = duration_or_default("CHECK_TTL", Some(ttl), "30s", &mut warnings);
             Some(CheckDefinition { ttl, interval: String::new(), ..base.clone() })
+        } else if let Some(module) = m.get("CHECK_WASM").filter(|v| !v.trim().is_empty()) {
+            let config = m.get("CHECK_WASM_CONFIG").cloned().unwrap_or_default();
+            Some(CheckDefinition {
+                wasm: Some(crate::model::WasmCheck { module: module.trim().to_string(), config }),
+                ..base.clone()
+            })
         } else {
             None
         };
@@ -543,6 +550,21 @@ mod tests {
         let ttl = registrations(&facts(&["SERVICE_CHECK_TTL=30s"], &[], vec![tcp(1, Some(("", 1)))]), &mode()).0;
         assert_eq!(ttl[0].checks[1].definition.ttl, "30s");
         assert_eq!(ttl[0].checks[1].kind, "ttl");
+        let wasm = registrations(
+            &facts(
+                &["SERVICE_CHECK_WASM=tomcat_status", r#"SERVICE_CHECK_WASM_CONFIG={"warn_percent": 80}"#],
+                &[],
+                vec![tcp(8080, Some(("", 9)))],
+            ),
+            &mode(),
+        )
+        .0;
+        let w = &wasm[0].checks[1];
+        assert_eq!(w.kind, "wasm");
+        let def = w.definition.wasm.as_ref().expect("wasm definition");
+        assert_eq!((def.module.as_str(), def.config.as_str()), ("tomcat_status", r#"{"warn_percent": 80}"#));
+        assert_eq!(w.interval, "10s");
+        assert!(wasm[0].service.meta.keys().all(|k| !k.contains("check")), "CHECK_WASM_* is not meta");
     }
 
     #[test]
