@@ -577,3 +577,82 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     assert!(left < Duration::from_millis(100), "left the pool after {left:?}");
     assert_eq!(failed, 0, "{errors:?}");
 }
+
+/// The user's scenario with a Wasm check: containers labelled `SERVICE_CHECK_WASM=http_json`
+/// enter the proxy pool once the plugin sees `{"status":"UP"}`, and one whose /health turns
+/// DOWN leaves it, while the other keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_label_check_takes_a_sick_container_out_of_the_pool() {
+    demo_image().await;
+    let plugins = plugins::guests::build_guest_plugins().unwrap_or_else(|e| panic!("{e}"));
+    let proxy_port = free_port();
+    let proxy_addr = format!("127.0.0.1:{proxy_port}");
+    let plugin_dir = plugins.display().to_string();
+    let (_agent, api) = docker_agent(&["--proxy-addr", &proxy_addr, "--plugin-dir", &plugin_dir]).await;
+    let p = unique("wc");
+    let labels = |name: &str| {
+        Container::run(
+            &format!("{p}-{name}"),
+            &[
+                "-p",
+                "127.0.0.1::8080",
+                "-l",
+                "SERVICE_NAME=sickweb",
+                "-l",
+                "SERVICE_CHECK_WASM=http_json",
+                "-l",
+                "SERVICE_CHECK_WASM_CONFIG=/health",
+                "-l",
+                "SERVICE_CHECK_INTERVAL=300ms",
+            ],
+        )
+    };
+    let (a, _b) = (labels("a"), labels("b"));
+    wait_for("both containers passing", Duration::from_secs(20), || async {
+        api.get_json("/v1/health/service/sickweb?passing").await.0.as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let get = || async {
+        let r = client
+            .get(format!("http://{proxy_addr}/"))
+            .header("host", "sickweb.localhost")
+            .send()
+            .await
+            .expect("proxy request");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body) = get().await;
+        assert_eq!(status, 200, "{body}");
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "both containers answer: {seen:?}");
+
+    // Make container a sick: its /health now says DOWN.
+    let published = docker(&["port", &a.name, "8080/tcp"]);
+    let port = published.lines().next().and_then(|l| l.rsplit(':').next()).unwrap_or("").to_string();
+    let sick_at = Instant::now();
+    let r = client.get(format!("http://127.0.0.1:{port}/toggle-health")).send().await.expect("toggle");
+    assert!(r.status().is_success());
+    let check_id = format!("service:node-1:{}:8080", a.name);
+    wait_for("container a critical", Duration::from_secs(5), || async {
+        let (checks, _) = api.get_json("/v1/agent/checks").await;
+        checks[&check_id]["Status"] == "critical"
+    })
+    .await;
+    let left = sick_at.elapsed();
+    let (checks, _) = api.get_json("/v1/agent/checks").await;
+    let output = checks[&check_id]["Output"].as_str().unwrap_or("").to_string();
+    assert!(output.contains("DOWN"), "{output}");
+    assert_eq!(checks[&check_id]["Type"], "wasm");
+    let mut after = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body) = get().await;
+        assert_eq!(status, 200, "{body}");
+        after.insert(body);
+    }
+    assert_eq!(after.len(), 1, "only the healthy container answers: {after:?}");
+    println!("docker+wasm: a container whose /health said DOWN was critical {left:?} later (300ms interval)");
+}
