@@ -200,8 +200,10 @@ impl Job {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let host = plugins::PluginHost::new(plugins::PluginConfig::new(dir))
-            .with_context(|| format!("template plugin {}", src.display()))?;
+        // One render at a time per template: a small pool.
+        let mut cfg = plugins::PluginConfig::new(dir);
+        cfg.max_concurrent = 2;
+        let host = plugins::PluginHost::new(cfg).with_context(|| format!("template plugin {}", src.display()))?;
         host.prepare_template(&module).map_err(|e| anyhow::anyhow!("template plugin {}: {e}", src.display()))?;
         let wasm = WasmTemplate {
             host: Arc::new(host),

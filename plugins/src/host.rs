@@ -22,6 +22,9 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 pub const MAX_OUTPUT: usize = 4096;
 /// Longest text a template plugin may return.
 pub const MAX_TEMPLATE_OUTPUT: usize = 4 << 20;
+/// Longest a single plugin call may run, whatever the check's Timeout says: a call holds
+/// one of the host's instance slots.
+pub const MAX_CALL: Duration = Duration::from_secs(300);
 /// How often the epoch ticks: the granularity of deadlines and of yielding to other tasks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -117,6 +120,8 @@ pub struct PluginHost {
     dir: PathBuf,
     memory_limit: usize,
     cache: Mutex<HashMap<(World, String), CacheEntry>>,
+    /// Held while compiling, so many first calls of a new plugin compile it once.
+    compiling: tokio::sync::Mutex<()>,
     permits: Semaphore,
     http: reqwest::Client,
     clock_origin: Instant,
@@ -142,6 +147,9 @@ impl PluginHost {
             .total_tables(slots * 4)
             .total_stacks(slots)
             .max_memory_size(memory_limit)
+            .max_core_instances_per_component(8)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
             .max_unused_warm_slots(slots.min(16));
         let mut config = Config::new();
         config
@@ -187,6 +195,7 @@ impl PluginHost {
             dir: cfg.dir,
             memory_limit,
             cache: Mutex::new(HashMap::new()),
+            compiling: tokio::sync::Mutex::new(()),
             permits: Semaphore::new(slots as usize),
             http,
             clock_origin: Instant::now(),
@@ -259,6 +268,12 @@ impl PluginHost {
     /// The compiled, pre-linked plugin, compiling it (off the async threads) when the file
     /// is new or changed.
     async fn load(&self, world: World, name: &str) -> LoadResult {
+        let (_, _, cached) = self.lookup(world, name)?;
+        if let Some(c) = cached {
+            return c;
+        }
+        // One compile at a time: callers that waited find the result in the cache.
+        let _compiling = self.compiling.lock().await;
         let (path, stamp, cached) = self.lookup(world, name)?;
         if let Some(c) = cached {
             return c;
@@ -307,9 +322,7 @@ impl PluginHost {
     pub async fn check(&self, name: &str, target: &Instance, config: &str, timeout: Duration) -> CheckOutcome {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let critical = |output: String, instantiate| CheckOutcome { status: Status::Critical, output, instantiate };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return critical("the plugin host is shutting down".into(), Duration::ZERO);
-        };
+        let timeout = timeout.min(MAX_CALL);
         let pre = match self.load(World::Check, name).await {
             Ok(l) => match &*l {
                 Loaded::Check(pre) => pre.clone(),
@@ -322,7 +335,20 @@ impl PluginHost {
                 return critical(e, Duration::ZERO);
             }
         };
-        let mut store = self.store(name, Some(target.clone()), timeout);
+        // A slot is taken after compiling, and waiting for one counts against the timeout.
+        let started = Instant::now();
+        let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return critical("the plugin host is shutting down".into(), Duration::ZERO),
+            Err(_) => {
+                return critical(
+                    format!("plugin {name:?}: no free instance slot within the check's timeout of {timeout:?}"),
+                    Duration::ZERO,
+                );
+            }
+        };
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let mut store = self.store(name, Some(target.clone()), remaining);
         let mut instantiate = Duration::ZERO;
         let run = async {
             let started = Instant::now();
@@ -331,7 +357,7 @@ impl PluginHost {
             instance.call_check(&mut store, target, config).await
         };
         // The epoch deadline stops guest code; this also bounds host I/O that overruns.
-        let result = tokio::time::timeout(timeout + EPOCH_TICK * 5, run).await;
+        let result = tokio::time::timeout(remaining + EPOCH_TICK * 5, run).await;
         self.metrics.instantiate_nanos.fetch_add(instantiate.as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(Ok(Ok(CheckResult { status, mut output }))) => {
@@ -366,10 +392,15 @@ impl PluginHost {
         timeout: Duration,
     ) -> Result<String, String> {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
-        let _permit = self.permits.acquire().await.map_err(|_| "the plugin host is shutting down".to_string())?;
+        let timeout = timeout.min(MAX_CALL);
         let pre = match &*self.load(World::Template, name).await? {
             Loaded::Template(pre) => pre.clone(),
             Loaded::Check(_) => return Err(format!("plugin {name:?} is not a template plugin")),
+        };
+        let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err("the plugin host is shutting down".to_string()),
+            Err(_) => return Err(format!("plugin {name:?}: no free instance slot within {timeout:?}")),
         };
         let mut store = self.store(name, None, timeout);
         let run = async {

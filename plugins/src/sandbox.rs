@@ -23,6 +23,12 @@ pub const MAX_LOG_LINE: usize = 1024;
 pub const MAX_LOG_LINES: u32 = 100;
 /// How much of a plugin's stderr (panic messages) is kept for the check's output.
 pub const MAX_STDERR: usize = 2048;
+/// WASI resources (streams, pollables, ...) one call may hold at once.
+pub const MAX_HANDLES: usize = 1000;
+/// Largest `get-random-bytes` request.
+pub const MAX_RANDOM: u64 = 64 << 10;
+/// Longest `until` marker of a TCP exchange.
+pub const MAX_UNTIL: usize = 4096;
 
 /// Why a call was stopped by the host rather than finishing on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +70,15 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .stderr(stderr.clone())
+            // Host-side allocations a plugin can cause stay small (the default is 64 MiB).
+            .max_random_size(MAX_RANDOM)
             .build();
+        // Every WASI handle is a host allocation outside the plugin's memory limit.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         Sandbox {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limits: MemoryLimiter { limit: memory_limit, hit: None },
             plugin,
             target,
@@ -89,10 +100,11 @@ impl Sandbox {
         let Some(t) = &self.target else {
             return Err("this plugin has no network access".into());
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let same_host = match (host.parse::<std::net::IpAddr>(), t.address.parse::<std::net::IpAddr>()) {
+        let unbracket = |h: &'_ str| h.trim_start_matches('[').trim_end_matches(']').to_string();
+        let (host, own) = (unbracket(host), unbracket(&t.address));
+        let same_host = match (host.parse::<std::net::IpAddr>(), own.parse::<std::net::IpAddr>()) {
             (Ok(a), Ok(b)) => a == b,
-            _ => host.eq_ignore_ascii_case(&t.address),
+            _ => host.eq_ignore_ascii_case(&own),
         };
         if same_host && port == t.port {
             Ok(())
@@ -136,7 +148,7 @@ impl types::Host for Sandbox {}
 
 impl runtime::Host for Sandbox {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        self.log_lines += 1;
+        self.log_lines = self.log_lines.saturating_add(1);
         if self.log_lines > MAX_LOG_LINES {
             return Ok(());
         }
@@ -144,6 +156,8 @@ impl runtime::Host for Sandbox {
         crate::host::truncate(&mut msg, MAX_LOG_LINE);
         let plugin = &*self.plugin;
         let instance = self.target.as_ref().map(|t| t.id.as_str()).unwrap_or("");
+        // Control characters would let a plugin forge log lines or terminal escapes.
+        let msg: String = msg.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         match level {
             Level::Debug => tracing::debug!(plugin, instance, "{msg}"),
             Level::Info => tracing::info!(plugin, instance, "{msg}"),
@@ -210,6 +224,9 @@ impl net::Host for Sandbox {
         self.allowed(host, port)?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let max = (max_bytes as usize).min(MAX_RESPONSE);
+        if until.len() > MAX_UNTIL {
+            return Err(format!("the until marker is {} bytes; at most {MAX_UNTIL} are allowed", until.len()));
+        }
         let exchange = async {
             let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
@@ -225,8 +242,10 @@ impl net::Host for Sandbox {
                 if n == 0 {
                     break;
                 }
+                // Only the new bytes (plus what a marker split across reads needs) are scanned.
+                let from = got.len().saturating_sub(until.len().saturating_sub(1));
                 got.extend_from_slice(&buf[..n]);
-                if !until.is_empty() && got.windows(until.len()).any(|w| w == until.as_slice()) {
+                if !until.is_empty() && got[from..].windows(until.len()).any(|w| w == until.as_slice()) {
                     break;
                 }
             }
@@ -282,14 +301,45 @@ impl StdoutStream for BoundedPipe {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    /// A direct stream: the default adapter spawns a task per handle.
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
 }
 
-impl AsyncWrite for BoundedPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+impl BoundedPipe {
+    fn append(&self, data: &[u8]) {
         if let Ok(mut b) = self.buf.lock() {
             let room = self.capacity.saturating_sub(b.len());
             b.extend_from_slice(&data[..room.min(data.len())]);
         }
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for BoundedPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for BoundedPipe {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for BoundedPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.append(data);
         Poll::Ready(Ok(data.len()))
     }
 

@@ -3,11 +3,14 @@
 //! bounds each read, so a slowloris client sending a byte at a time would hold a connection
 //! for ever.
 //!
-//! [`HeaderDeadline`] wraps the HTTP app and each accepted stream in a [`DeadlineStream`],
-//! which watches the bytes read: the clock starts at accept (first request) or at the first
-//! byte of a later request on a kept-alive connection, and stops at the blank line ending the
-//! header. Past the deadline a read fails, and Pingora drops the connection. Body bytes and
-//! idle keep-alive time are not counted.
+//! [`HeaderDeadline`] wraps each accepted stream in a [`DeadlineStream`], which watches the
+//! bytes read: the clock starts when the connection is handed to the app (after the TLS
+//! handshake on the TLS listener) and stops at the blank line ending the header (CRLF or bare
+//! LF line ends). The h2c preface peek is bounded the same way. [`Rearm`] sits between it and
+//! Pingora's HTTP app: Pingora serves a kept-alive HTTP/1 connection's requests in a loop of its
+//! own, and `Rearm` restarts the watch for each next request, whose clock starts at its first
+//! byte. Past the deadline a read fails and Pingora drops the connection. Body bytes and idle
+//! keep-alive time are not counted. A zero timeout turns the watch off.
 
 use std::fmt;
 use std::io;
@@ -18,7 +21,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -39,16 +44,8 @@ pub struct HeaderDeadline<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        // A kept-alive connection comes back here for its next request: reuse the wrapper,
-        // waiting for that request's first byte before starting the clock.
-        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
-            match stream.into_any().downcast::<DeadlineStream>() {
-                Ok(mut s) => {
-                    s.next_request();
-                    s
-                }
-                Err(_) => return None,
-            }
+        let stream: Stream = if self.timeout.is_zero() || stream.as_any().is::<DeadlineStream>() {
+            stream
         } else {
             Box::new(DeadlineStream::new(stream, self.timeout, self.timeouts.clone()))
         };
@@ -60,11 +57,53 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     }
 }
 
+/// Pingora's HTTP app with the header watch restarted for every kept-alive request.
+pub struct Rearm<A> {
+    pub inner: Arc<A>,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Rearm<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let reused = self.inner.process_new_http(session, shutdown).await?;
+        let (stream, settings) = reused.consume();
+        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
+            let mut s = stream.into_any().downcast::<DeadlineStream>().ok()?;
+            s.next_request();
+            s
+        } else {
+            stream
+        };
+        Some(ReusedHttpStream::new(stream, settings))
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+
+    async fn process_custom_session(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.inner.clone().process_custom_session(stream, shutdown).await
+    }
+}
+
 enum Phase {
     /// Between requests on a kept-alive connection: no clock.
     Idle,
-    /// Reading a header; `matched` is how much of "\r\n\r\n" the last bytes matched.
-    Header { sleep: Pin<Box<tokio::time::Sleep>>, matched: u8 },
+    /// Reading a header; `state` tracks the end of the last line (0: inside a line, 1: after
+    /// "\n", 2: after "\n\r").
+    Header { sleep: Pin<Box<tokio::time::Sleep>>, state: u8 },
     /// The header is complete: plain pass-through.
     Done,
 }
@@ -80,39 +119,53 @@ pub struct DeadlineStream {
 impl DeadlineStream {
     fn new(inner: Stream, timeout: Duration, timeouts: Arc<AtomicU64>) -> DeadlineStream {
         let sleep = Box::pin(tokio::time::sleep(timeout));
-        DeadlineStream { inner, timeout, phase: Phase::Header { sleep, matched: 0 }, timeouts }
+        DeadlineStream { inner, timeout, phase: Phase::Header { sleep, state: 0 }, timeouts }
     }
 
     fn next_request(&mut self) {
         self.phase = Phase::Idle;
     }
 
-    /// Advances the end-of-header matcher over `bytes`.
+    /// Advances the end-of-header matcher over `bytes`: an empty line (CRLF or bare LF) ends
+    /// the header.
     fn scan(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         if matches!(self.phase, Phase::Idle) {
             let sleep = Box::pin(tokio::time::sleep(self.timeout));
-            self.phase = Phase::Header { sleep, matched: 0 };
+            self.phase = Phase::Header { sleep, state: 0 };
         }
-        let Phase::Header { matched, .. } = &mut self.phase else { return };
-        const END: &[u8; 4] = b"\r\n\r\n";
-        let mut m = *matched as usize;
+        let Phase::Header { state, .. } = &mut self.phase else { return };
+        let mut st = *state;
         for &b in bytes {
-            m = if b == END[m] {
-                m + 1
-            } else if b == b'\r' {
-                1
-            } else {
-                0
+            st = match (b, st) {
+                (b'\n', 1 | 2) => {
+                    self.phase = Phase::Done;
+                    return;
+                }
+                (b'\n', _) => 1,
+                (b'\r', 1) => 2,
+                _ => 0,
             };
-            if m == END.len() {
-                self.phase = Phase::Done;
-                return;
-            }
         }
-        *matched = m as u8;
+        *state = st;
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Phase::Header { sleep, .. } = &mut self.phase else { return false };
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn timed_out(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("client did not send its request header within {:?}", self.timeout),
+        )
     }
 }
 
@@ -131,20 +184,17 @@ impl AsyncRead for DeadlineStream {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let new = buf.filled()[before..].to_vec();
-                this.scan(&new);
+                this.scan(&buf.filled()[before..]);
+                // A byte-at-a-time client is always "ready": check the clock here too.
+                if this.expired(cx) {
+                    return Poll::Ready(Err(this.timed_out()));
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if let Phase::Header { sleep, .. } = &mut this.phase
-                    && sleep.as_mut().poll(cx).is_ready()
-                {
-                    this.timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("client did not send its request header within {:?}", this.timeout),
-                    )));
+                if this.expired(cx) {
+                    return Poll::Ready(Err(this.timed_out()));
                 }
                 Poll::Pending
             }
@@ -243,7 +293,17 @@ impl GetSocketDigest for DeadlineStream {
 
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// Pingora peeks for the h2c preface before reading anything: that wait is part of the
+    /// header time too, or a silent client would hold the connection for ever.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let DeadlineStream { inner, phase, timeouts, timeout } = self;
+        let Phase::Header { sleep, .. } = phase else { return inner.try_peek(buf).await };
+        tokio::select! {
+            r = inner.try_peek(buf) => r,
+            _ = sleep.as_mut() => {
+                timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(io::Error::new(io::ErrorKind::TimedOut, format!("client sent nothing usable within {timeout:?}")))
+            }
+        }
     }
 }

@@ -161,9 +161,11 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
+    // An HTTP/2 connection with no open stream is closed like an idle keep-alive one.
+    opts.h2_idle_timeout = Some(config.upstream.client_keepalive);
     app.server_options = Some(opts);
     let app = header_deadline::HeaderDeadline {
-        inner: Arc::new(app),
+        inner: Arc::new(header_deadline::Rearm { inner: Arc::new(app) }),
         timeout: config.header_timeout,
         timeouts: metrics.header_timeouts.clone(),
     };

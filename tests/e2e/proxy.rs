@@ -432,8 +432,43 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("h1 /b"), "{text}");
 
+    // The next request on that kept-alive connection gets its own deadline: dribbled, it is
+    // cut off too.
+    c.write_all(b"GET /c HTTP/1.1\r\n").await.expect("write");
+    let dribble_started = Instant::now();
+    let mut cut = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.write_all(b"X").await.is_err() {
+            cut = Some(dribble_started.elapsed());
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = Some(dribble_started.elapsed());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let cut = cut.expect("a dribbled kept-alive request was never cut off");
+    assert!(cut < Duration::from_millis(2500), "kept-alive request cut off late: {cut:?}");
+
+    // A client that connects and sends nothing is cut off as well (the h2c preface peek).
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let silent_started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the silent connection stayed open");
+    assert!(silent_started.elapsed() < Duration::from_millis(2500));
+
+    // Bare LF line ends end the header too: served, not cut off.
+    let mut lf = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    lf.write_all(b"GET /lf HTTP/1.1\nHost: web.localhost\n\n").await.expect("write");
+    let n = lf.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
     let metrics = p.api.get("/metrics").await.body;
-    assert!(metrics.contains("wharf_proxy_header_timeouts_total 1"), "header timeout not counted");
+    assert!(metrics.contains("wharf_proxy_header_timeouts_total 3"), "header timeouts not counted");
     println!("proxy: a slowloris client was cut off {closed_after:?} after connecting (header timeout 1s)");
 }
 
