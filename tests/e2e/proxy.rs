@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Agent, Api, Backend, backend_service, free_port};
+use crate::harness::{Agent, Api, Backend, backend_service, free_port, wait_for};
 
 pub struct ProxyAgent {
     pub _agent: Agent,
@@ -236,6 +236,7 @@ async fn balancing_modes() {
     for i in 0..3 {
         p.api.put_ok("/v1/agent/service/register", reg("hip", i, json!({"Meta": {"wharf-lb": "hash:ip"}}))).await;
     }
+    wait_pool(&p, "hip", 3).await;
     assert_eq!(p.spread("hip.localhost", "/", 12).await.len(), 1);
 
     // least connections: a busy instance is avoided while its request is in flight
@@ -384,6 +385,16 @@ async fn smuggling_shapes_are_refused() {
     assert!(over.starts_with("HTTP/1.1 431"), "oversized headers: {}", &over[..over.len().min(80)]);
     // A sane request on the same proxy still works.
     assert_eq!(p.get("web.localhost", "/").await.0, 200);
+}
+
+/// Waits until the proxy's route table holds `n` instances of `service` (a registration is
+/// acknowledged before the table is rebuilt from it).
+async fn wait_pool(p: &ProxyAgent, service: &str, n: usize) {
+    let want = format!("wharf_proxy_pool_size{{service=\"{service}\"}} {n}");
+    wait_for(&format!("{n} instances of {service} in the pool"), Duration::from_secs(5), || async {
+        p.api.get("/metrics").await.body.lines().any(|l| l == want)
+    })
+    .await;
 }
 
 #[tokio::test]
