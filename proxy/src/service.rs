@@ -14,7 +14,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use crate::balance::{HashKey, InflightGuard, Policy, Upstream};
 use crate::metrics::ProxyMetrics;
@@ -270,7 +270,13 @@ impl ProxyHttp for WharfProxy {
             self.record_failure(ctx);
         }
         let idempotent = session.req_header().method.is_idempotent();
-        if !idempotent || session.as_ref().retry_buffer_truncated() {
+        let truncated = session.as_ref().retry_buffer_truncated();
+        if client_reused && !truncated && matches!(e.retry, RetryType::ReusedOnly) && self.has_untried(ctx) {
+            // A pooled upstream connection that the instance had closed (it is stopping, or
+            // its idle timeout passed): the request never reached it. Always retried, on
+            // another instance, without using the retry budget, like a failed connect.
+            e.set_retry(true);
+        } else if !idempotent || truncated {
             e.set_retry(false);
         } else if ctx.retries_used < self.settings.retries && self.has_untried(ctx) {
             ctx.retries_used += 1;
