@@ -50,7 +50,15 @@ async fn three_servers_forward_writes_and_survive_losing_the_leader() {
     // A write to a follower is forwarded to the leader and readable everywhere.
     let r = apis[follower_i].put_ok("/v1/kv/cluster/key", "from-follower").await;
     assert_eq!(r.body, "true");
+    // The writing follower has applied it (read-your-writes); the other follower's stale
+    // replica catches up on the next append.
+    let (e, _) = apis[follower_i].get_json("/v1/kv/cluster/key?stale").await;
+    assert_eq!(e[0]["Value"], "ZnJvbS1mb2xsb3dlcg==");
     for api in &apis {
+        wait_for("the write replicated to every server", Duration::from_secs(5), || async {
+            api.get("/v1/kv/cluster/key?stale").await.status == 200
+        })
+        .await;
         let (e, _) = api.get_json("/v1/kv/cluster/key?stale").await;
         assert_eq!(e[0]["Value"], "ZnJvbS1mb2xsb3dlcg==");
     }

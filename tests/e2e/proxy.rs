@@ -269,6 +269,7 @@ async fn forwarding_headers_and_websocket() {
     let p = ProxyAgent::start(&[]).await;
     let b = Backend::start("h1").await;
     p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    wait_pool(&p, "web", 1).await;
     let r = p
         .client
         .get(format!("{}/headers", p.proxy))
@@ -356,6 +357,7 @@ async fn smuggling_shapes_are_refused() {
     let p = ProxyAgent::start(&[]).await;
     let b = Backend::start("s1").await;
     p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    wait_pool(&p, "web", 1).await;
     let addr = p.proxy.trim_start_matches("http://").to_string();
     let raw = |req: &'static [u8]| {
         let addr = addr.clone();
@@ -402,6 +404,7 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
     let p = ProxyAgent::start(&["--proxy-header-timeout", "1s"]).await;
     let b = Backend::start("h1").await;
     p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
+    wait_pool(&p, "web", 1).await;
     let addr = p.proxy.trim_start_matches("http://").to_string();
 
     // Slowloris: a header line, then one byte every 200 ms, never finishing.
