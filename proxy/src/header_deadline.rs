@@ -13,6 +13,7 @@
 //! keep-alive time are not counted. A zero timeout turns the watch off.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -201,8 +202,6 @@ impl AsyncRead for DeadlineStream {
         }
     }
 }
-
-use std::future::Future;
 
 impl AsyncWrite for DeadlineStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {

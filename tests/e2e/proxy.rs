@@ -399,6 +399,23 @@ async fn wait_pool(p: &ProxyAgent, service: &str, n: usize) {
     .await;
 }
 
+/// Sends one header byte every 200 ms (for at most 10 s) until the proxy closes the
+/// connection; returns how long that took, counted from the call.
+async fn dribble_until_cut(c: &mut tokio::net::TcpStream) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.write_all(b"X").await.is_err() {
+            return Some(started.elapsed());
+        }
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off_at_the_header_timeout() {
     let p = ProxyAgent::start(&["--proxy-header-timeout", "1s"]).await;
@@ -409,25 +426,8 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
 
     // Slowloris: a header line, then one byte every 200 ms, never finishing.
     let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let started = Instant::now();
     c.write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n").await.expect("write");
-    let mut closed_after = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if c.write_all(b"X").await.is_err() {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed_after = Some(started.elapsed());
-                break;
-            }
-            _ => {}
-        }
-    }
-    let closed_after = closed_after.expect("the slow client was never cut off");
+    let closed_after = dribble_until_cut(&mut c).await.expect("the slow client was never cut off");
     assert!(closed_after >= Duration::from_millis(900), "cut off too early: {closed_after:?}");
     assert!(closed_after < Duration::from_millis(2500), "cut off late: {closed_after:?}");
 
@@ -449,23 +449,7 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
     // The next request on that kept-alive connection gets its own deadline: dribbled, it is
     // cut off too.
     c.write_all(b"GET /c HTTP/1.1\r\n").await.expect("write");
-    let dribble_started = Instant::now();
-    let mut cut = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if c.write_all(b"X").await.is_err() {
-            cut = Some(dribble_started.elapsed());
-            break;
-        }
-        match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                cut = Some(dribble_started.elapsed());
-                break;
-            }
-            _ => {}
-        }
-    }
-    let cut = cut.expect("a dribbled kept-alive request was never cut off");
+    let cut = dribble_until_cut(&mut c).await.expect("a dribbled kept-alive request was never cut off");
     assert!(cut < Duration::from_millis(2500), "kept-alive request cut off late: {cut:?}");
 
     // A client that connects and sends nothing is cut off as well (the h2c preface peek).
