@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v2::server::H2Options;
@@ -40,6 +41,16 @@ pub struct HeaderDeadline<A> {
     pub timeout: Duration,
     /// Connections closed for sending their header too slowly.
     pub timeouts: Arc<AtomicU64>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
+    /// Serves a connection of which `prefix` was already read (by the fast path, which
+    /// handed it over): those bytes are read again first, then the stream's own.
+    pub async fn process_prefixed(&self, stream: Stream, prefix: Bytes, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut s = DeadlineStream::new(stream, self.timeout, self.timeouts.clone());
+        s.prefix = prefix;
+        self.inner.process_new(Box::new(s), shutdown).await
+    }
 }
 
 #[async_trait]
@@ -115,16 +126,24 @@ pub struct DeadlineStream {
     timeout: Duration,
     phase: Phase,
     timeouts: Arc<AtomicU64>,
+    /// Bytes read from `inner` before this wrapper existed, served first.
+    prefix: Bytes,
 }
 
 impl DeadlineStream {
     fn new(inner: Stream, timeout: Duration, timeouts: Arc<AtomicU64>) -> DeadlineStream {
-        let sleep = Box::pin(tokio::time::sleep(timeout));
-        DeadlineStream { inner, timeout, phase: Phase::Header { sleep, state: 0 }, timeouts }
+        let phase = if timeout.is_zero() {
+            Phase::Done
+        } else {
+            Phase::Header { sleep: Box::pin(tokio::time::sleep(timeout)), state: 0 }
+        };
+        DeadlineStream { inner, timeout, phase, timeouts, prefix: Bytes::new() }
     }
 
     fn next_request(&mut self) {
-        self.phase = Phase::Idle;
+        if !self.timeout.is_zero() {
+            self.phase = Phase::Idle;
+        }
     }
 
     /// Advances the end-of-header matcher over `bytes`: an empty line (CRLF or bare LF) ends
@@ -179,6 +198,13 @@ impl fmt::Debug for DeadlineStream {
 impl AsyncRead for DeadlineStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            let head = this.prefix.split_to(n);
+            buf.put_slice(&head);
+            this.scan(&head);
+            return Poll::Ready(Ok(()));
+        }
         if matches!(this.phase, Phase::Done) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
@@ -295,7 +321,15 @@ impl Peek for DeadlineStream {
     /// Pingora peeks for the h2c preface before reading anything: that wait is part of the
     /// header time too, or a silent client would hold the connection for ever.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let DeadlineStream { inner, phase, timeouts, timeout } = self;
+        if !self.prefix.is_empty() {
+            // The fast path hands over only after reading a whole request head or the full
+            // h2c preface, so the prefix decides.
+            let n = self.prefix.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[..n]);
+            buf[n..].fill(0);
+            return Ok(true);
+        }
+        let DeadlineStream { inner, phase, timeouts, timeout, .. } = self;
         let Phase::Header { sleep, .. } = phase else { return inner.try_peek(buf).await };
         tokio::select! {
             r = inner.try_peek(buf) => r,

@@ -7,6 +7,7 @@
 //! last good table keeps serving.
 
 pub mod balance;
+pub mod fast;
 pub mod header_deadline;
 pub mod metrics;
 pub mod route_table;
@@ -152,11 +153,12 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let access_log = config.access_log.map(Arc::new);
     let proxy = WharfProxy {
         table: table.clone(),
         settings: config.upstream.clone(),
         metrics: metrics.clone(),
-        access_log: config.access_log,
+        access_log: access_log.clone(),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut opts = HttpServerOptions::default();
@@ -169,6 +171,14 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
         timeout: config.header_timeout,
         timeouts: metrics.header_timeouts.clone(),
     };
+    let app = fast::FastPath::new(
+        Arc::new(app),
+        table.clone(),
+        config.upstream.clone(),
+        metrics.clone(),
+        access_log,
+        config.header_timeout,
+    );
     let mut service = pingora::services::listening::Service::new("wharf proxy".to_string(), app);
     for addr in &config.listen {
         service.add_tcp(&addr.to_string());

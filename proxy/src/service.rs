@@ -69,13 +69,54 @@ impl AccessLog {
             let _ = writeln!(w, "{line}");
         }
     }
+
+    /// One request's line; both the Pingora path and the fast path write the same fields.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn request(
+        &self,
+        client: Option<std::net::IpAddr>,
+        method: &str,
+        host: &str,
+        path: &str,
+        status: u16,
+        elapsed: Duration,
+        route: Option<&Route>,
+        upstream: Option<SocketAddr>,
+        attempts: usize,
+        error: Option<String>,
+    ) {
+        self.write(&serde_json::json!({
+            "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            "client": client.map(|ip| ip.to_string()),
+            "method": method,
+            "host": host,
+            "path": path,
+            "status": status,
+            "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            "service": route.map(|r| r.service.as_str()),
+            "route": route.map(|r| r.label.as_str()),
+            "upstream": upstream.map(|u| u.to_string()),
+            "attempts": attempts,
+            "error": error,
+        }));
+    }
+}
+
+/// Counts an upstream failure against an instance and ejects it after too many in a row.
+pub(crate) fn note_failure(settings: &UpstreamSettings, route: &Route, up: &Upstream) {
+    route.service_stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    if up.state.record_failure(settings.eject_after, settings.eject_for.as_millis() as u64) {
+        route.service_stats.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(service = %route.service, instance = %up.id, addr = %up.addr,
+            "instance ejected for {:?} after {} consecutive failures", settings.eject_for, settings.eject_after);
+    }
 }
 
 pub struct WharfProxy {
     pub table: Arc<ArcSwap<RouteTable>>,
     pub settings: UpstreamSettings,
     pub metrics: Arc<ProxyMetrics>,
-    pub access_log: Option<AccessLog>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 #[derive(Default)]
@@ -124,12 +165,7 @@ async fn write_local(session: &mut Session, status: u16, body: String) -> Result
 impl WharfProxy {
     fn record_failure(&self, ctx: &Ctx) {
         if let (Some(route), Some(up)) = (&ctx.route, &ctx.current) {
-            route.service_stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            if up.state.record_failure(self.settings.eject_after, self.settings.eject_for.as_millis() as u64) {
-                route.service_stats.ejections.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(service = %route.service, instance = %up.id, addr = %up.addr,
-                    "instance ejected for {:?} after {} consecutive failures", self.settings.eject_for, self.settings.eject_after);
-            }
+            note_failure(&self.settings, route, up);
         }
     }
 
@@ -375,20 +411,18 @@ impl ProxyHttp for WharfProxy {
         ctx.inflight = None;
         if let Some(log) = &self.access_log {
             let req = session.req_header();
-            log.write(&serde_json::json!({
-                "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-                "client": client_ip(session).map(|ip| ip.to_string()),
-                "method": req.method.as_str(),
-                "host": request_host(req),
-                "path": req.uri.path(),
-                "status": status,
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "service": ctx.route.as_ref().map(|r| r.service.as_str()),
-                "route": ctx.route.as_ref().map(|r| r.label.as_str()),
-                "upstream": ctx.current.as_ref().map(|u| u.addr.to_string()),
-                "attempts": ctx.tried.len(),
-                "error": e.map(|e| e.to_string()),
-            }));
+            log.request(
+                client_ip(session),
+                req.method.as_str(),
+                &request_host(req),
+                req.uri.path(),
+                status,
+                elapsed,
+                ctx.route.as_deref(),
+                ctx.current.as_ref().map(|u| u.addr),
+                ctx.tried.len(),
+                e.map(|e| e.to_string()),
+            );
         }
     }
 }

@@ -660,3 +660,204 @@ async fn tls_by_sni_http2_and_reload_on_sighup() {
     }
     assert!(reloaded, "the new certificate is served after SIGHUP, the old one no more");
 }
+
+/// A raw HTTP/1.1 backend with scripted answers by path, for message shapes axum does not
+/// produce: chunked with trailers, 103 before the final answer, a body ending at close, a
+/// kept-alive connection closed right after its answer. `/echo` answers with the head and
+/// body it received; every received request is also kept in `seen`.
+struct ScriptedBackend {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedBackend {
+    async fn start() -> ScriptedBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind scripted backend");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(conn, log.clone()));
+            }
+        });
+        ScriptedBackend { port, seen, task }
+    }
+
+    async fn serve(mut conn: tokio::net::TcpStream, log: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let mut buf = Vec::new();
+        loop {
+            // One request: head, then a Content-Length or chunked body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let lower = head.to_ascii_lowercase();
+            let body_end = if lower.contains("transfer-encoding: chunked") {
+                loop {
+                    if let Some(i) = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                        break head_end + i + 5;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            } else {
+                let len: usize = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let mut chunk = [0u8; 4096];
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                head_end + len
+            };
+            let request: Vec<u8> = buf.drain(..body_end).collect();
+            let text = String::from_utf8_lossy(&request).to_string();
+            log.lock().expect("log").push(text.clone());
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let is_head = head.starts_with("HEAD ");
+            let (answer, close): (Vec<u8>, bool) = match path.as_str() {
+                "/chunked" => (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n".to_vec(),
+                    false,
+                ),
+                "/hints" => {
+                    (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false)
+                }
+                "/until-close" => (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until close".to_vec(), true),
+                "/closes" => (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncloses".to_vec(), true),
+                "/length" if is_head => (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n".to_vec(), false),
+                "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world".to_vec(), false),
+                _ => {
+                    let mut a = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.len()).into_bytes();
+                    a.extend_from_slice(&request);
+                    (a, false)
+                }
+            };
+            if conn.write_all(&answer).await.is_err() || close {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for ScriptedBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads from `c` until `done` says the bytes so far are complete (5 s at most).
+async fn read_until(c: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done(&String::from_utf8_lossy(&got)) && Instant::now() < deadline {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_millis(200), c.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_message_shapes_pass_intact() {
+    let p = ProxyAgent::start(&[]).await;
+    let b = ScriptedBackend::start().await;
+    let body = json!({"ID": "raw-1", "Name": "raw", "Address": "127.0.0.1", "Port": b.port}).to_string();
+    p.api.put_ok("/v1/agent/service/register", body).await;
+    wait_pool(&p, "raw", 1).await;
+    let addr = p.proxy.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let host = "Host: raw.localhost\r\n";
+
+    // Chunked, with an extension and a trailer, relayed byte for byte; the connection stays.
+    c.write_all(format!("GET /chunked HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("X-Sum: 11\r\n\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(r.contains("Transfer-Encoding: chunked\r\n") && r.contains("Trailer: X-Sum\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"), "{r}");
+
+    // 103 Early Hints is passed on before the answer.
+    c.write_all(format!("GET /hints HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("\r\n\r\nok")).await;
+    assert!(r.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n"), "{r}");
+
+    // HEAD: the length is announced, no body follows; then GET on the same connection.
+    c.write_all(format!("HEAD /length HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("\r\n\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Length: 11\r\n"), "{r}");
+    c.write_all(format!("GET /length HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("hello world")).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nhello world"), "{r}");
+
+    // Two pipelined requests, one with a body: both answered, in order. The client's
+    // X-Forwarded-For is extended, hop-by-hop fields (and those Connection names) dropped.
+    let pipelined = format!(
+        "POST /echo HTTP/1.1\r\n{host}Content-Length: 5\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\n\r\nabcdeGET /length HTTP/1.1\r\n{host}\r\n"
+    );
+    c.write_all(pipelined.as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("hello world")).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    let echoed = b.seen.lock().expect("seen").iter().find(|s| s.starts_with("POST /echo")).cloned().unwrap_or_default();
+    assert!(echoed.ends_with("\r\n\r\nabcde"), "{echoed}");
+    assert!(echoed.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n"), "{echoed}");
+    assert!(echoed.contains("X-Real-IP: 127.0.0.1\r\n") && echoed.contains("X-Forwarded-Host: raw.localhost\r\n"));
+    let lower = echoed.to_ascii_lowercase();
+    assert!(!lower.contains("x-secret") && !lower.contains("keep-alive") && !lower.contains("connection:"), "{echoed}");
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "{r}");
+
+    // The instance closes its side after each answer here (an idle timeout racing the next
+    // request): the next request on that pooled connection is sent again on a fresh one.
+    for i in 0..5 {
+        c.write_all(format!("GET /closes HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+        let r = read_until(&mut c, |s| s.ends_with("closes")).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "request {i} after a closed pooled connection: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A chunked request body goes through Pingora's path and arrives intact.
+    c.write_all(
+        format!("POST /echo HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let r = read_until(&mut c, |s| s.contains("0\r\n\r\n") && s.ends_with("\r\n\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("3\r\nabc\r\n0\r\n\r\n"), "{r}");
+
+    // A body that ends when the instance closes: the client is told the connection closes.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(format!("GET /until-close HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
+    let r = String::from_utf8_lossy(&all);
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\nbody until close"), "{r}");
+
+    // HTTP/1.0 is served (by Pingora) too.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(format!("GET /length HTTP/1.0\r\n{host}\r\n").as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
+    let r = String::from_utf8_lossy(&all);
+    assert!(r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("hello world"), "{r}");
+}
