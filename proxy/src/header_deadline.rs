@@ -1,7 +1,7 @@
-//! The client header timeout (nginx's `client_header_timeout`): a client must finish sending
-//! its request header within a deadline, or the connection is closed. Pingora 0.9 only
-//! bounds each read, so a slowloris client sending a byte at a time would hold a connection
-//! for ever.
+//! The client header timeout (nginx's `client_header_timeout`) on Pingora's side: a client must
+//! finish sending its request header within a deadline, or the connection is closed. Pingora 0.9
+//! only bounds each read, so a slowloris client sending a byte at a time would hold a connection
+//! for ever. (The fast path, `crate::fast`, keeps the same deadline with its own clock.)
 //!
 //! [`HeaderDeadline`] wraps each accepted stream in a [`DeadlineStream`], which watches the
 //! bytes read: the clock starts when the connection is handed to the app (after the TLS

@@ -4,7 +4,8 @@
 //! index moves it builds a new immutable [`RouteTable`] and publishes it through
 //! `ArcSwap`. Pingora (on its own runtime, on its own thread) loads the current table once
 //! per request. No reload, no lock on the request path; if the catalog stops changing the
-//! last good table keeps serving.
+//! last good table keeps serving. Plain HTTP/1.1 requests take the fast path ([`fast`]);
+//! everything else goes through Pingora's pipeline ([`service`]).
 
 pub mod balance;
 pub mod fast;
