@@ -39,8 +39,10 @@ use crate::service::{AccessLog, MAX_HEADER_BYTES, UpstreamSettings, note_failure
 
 /// Largest request body the fast path buffers (bigger ones go to Pingora, which streams).
 const MAX_FAST_BODY: usize = 64 * 1024;
-/// Header fields parsed per message; more hands the request to Pingora.
+/// Header fields parsed per request; more hands the request to Pingora.
 const MAX_FIELDS: usize = 96;
+/// Header fields accepted in a response (many Set-Cookie fields are common).
+const MAX_RESPONSE_FIELDS: usize = 512;
 /// The HTTP/2 connection preface (h2c with prior knowledge).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Read size for client and upstream buffers.
@@ -63,7 +65,7 @@ impl UpstreamConns {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&addr)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout {
+            if since.elapsed() < self.idle_timeout && still_idle(&conn) {
                 return Some(conn);
             }
         }
@@ -84,11 +86,7 @@ impl UpstreamConns {
     fn sweep(&self) {
         let Ok(mut idle) = self.idle.lock() else { return };
         for list in idle.values_mut() {
-            list.retain(|(conn, since)| {
-                let mut probe = [0u8; 1];
-                since.elapsed() < self.idle_timeout
-                    && matches!(conn.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            });
+            list.retain(|(conn, since)| since.elapsed() < self.idle_timeout && still_idle(conn));
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -97,6 +95,14 @@ impl UpstreamConns {
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
     }
+}
+
+/// An idle upstream connection is usable only if nothing arrived on it: not a close, and not
+/// stray bytes (a 408, or a body after a bodiless answer) that would be read as the next
+/// request's response. Like nginx, wharf closes it on either.
+fn still_idle(conn: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(conn.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The outermost app of the plain listener: serves plain HTTP/1.1 itself and hands every other
@@ -187,6 +193,13 @@ fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Whether a field named in `Connection` is dropped: never the message's framing or Host (a
+/// client listing `Content-Length` there must not turn its body into a second request).
+fn listed_hop(tokens: &[&[u8]], name: &str) -> bool {
+    !["content-length", "transfer-encoding", "host"].iter().any(|k| name.eq_ignore_ascii_case(k))
+        && tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
 fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
@@ -264,7 +277,7 @@ impl<A> FastPath<A> {
             return Parsed::Fallback;
         };
         let body_len = match length {
-            Some(n) if n as usize > MAX_FAST_BODY => return Parsed::Fallback,
+            Some(n) if n > MAX_FAST_BODY as u64 => return Parsed::Fallback,
             Some(n) => n as usize,
             None => 0,
         };
@@ -305,7 +318,7 @@ impl<A> FastPath<A> {
         for f in req.headers.iter() {
             let name = f.name;
             if is_hop_by_hop(name)
-                || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+                || listed_hop(&connection_tokens, name)
                 || name.eq_ignore_ascii_case("x-real-ip")
                 || name.eq_ignore_ascii_case("x-forwarded-proto")
                 || name.eq_ignore_ascii_case("x-forwarded-host")
@@ -377,7 +390,21 @@ struct ResponseHead {
 /// fields dropped, `Connection: close` added when `closing`, or when the body ends at close).
 fn parse_response(buf: &[u8], is_head: bool, closing: bool, out: &mut Vec<u8>) -> io::Result<Option<ResponseHead>> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
+    if let Err(httparse::Error::TooManyHeaders) = httparse::Response::new(&mut fields).parse(buf) {
+        let mut many = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        return parse_response_in(buf, is_head, closing, out, &mut many);
+    }
+    parse_response_in(buf, is_head, closing, out, &mut fields)
+}
+
+fn parse_response_in<'b>(
+    buf: &'b [u8],
+    is_head: bool,
+    closing: bool,
+    out: &mut Vec<u8>,
+    fields: &mut [httparse::Header<'b>],
+) -> io::Result<Option<ResponseHead>> {
+    let mut resp = httparse::Response::new(fields);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => {
@@ -435,8 +462,11 @@ fn parse_response(buf: &[u8], is_head: bool, closing: bool, out: &mut Vec<u8>) -
     out.extend_from_slice(b"\r\n");
     for f in resp.headers.iter() {
         let keep_te = f.name.eq_ignore_ascii_case("transfer-encoding") && framing == Framing::Chunked;
+        // A chunked body is relayed as it came: its Content-Length, if any, would contradict it.
+        let contradicting = framing == Framing::Chunked && f.name.eq_ignore_ascii_case("content-length");
         if (is_hop_by_hop(f.name) && !keep_te && !f.name.eq_ignore_ascii_case("trailer"))
-            || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(f.name.as_bytes()))
+            || listed_hop(&connection_tokens, f.name)
+            || contradicting
         {
             continue;
         }
@@ -471,6 +501,7 @@ enum ChunkState {
     DataLf,
     LineStart,
     TrailerLine,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -494,12 +525,11 @@ impl ChunkScanner {
                     }
                     b';' | b' ' | b'\t' if self.digits > 0 => self.state = Ext,
                     b'\r' if self.digits > 0 => self.state = SizeLf,
-                    b'\n' if self.digits > 0 => self.end_size_line(),
                     _ => return Err(bad()),
                 },
                 Ext => match b {
                     b'\r' => self.state = SizeLf,
-                    b'\n' => self.end_size_line(),
+                    b'\n' => return Err(bad()),
                     _ => {}
                 },
                 SizeLf => {
@@ -519,7 +549,6 @@ impl ChunkScanner {
                 }
                 DataCr => match b {
                     b'\r' => self.state = DataLf,
-                    b'\n' => self.state = Size,
                     _ => return Err(bad()),
                 },
                 DataLf => {
@@ -530,16 +559,19 @@ impl ChunkScanner {
                 }
                 LineStart => match b {
                     b'\r' => self.state = EndLf,
-                    b'\n' => {
-                        self.state = Done;
-                        return Ok(Some(i + 1));
-                    }
+                    b'\n' => return Err(bad()),
                     _ => self.state = TrailerLine,
                 },
-                TrailerLine => {
-                    if b == b'\n' {
-                        self.state = LineStart;
+                TrailerLine => match b {
+                    b'\r' => self.state = TrailerLf,
+                    b'\n' => return Err(bad()),
+                    _ => {}
+                },
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(bad());
                     }
+                    self.state = LineStart;
                 }
                 EndLf => {
                     if b != b'\n' {
@@ -673,12 +705,14 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
             let request = loop {
                 if first && H2_PREFACE.starts_with(&bufs.client[..bufs.client.len().min(H2_PREFACE.len())]) {
                     if bufs.client.len() >= H2_PREFACE.len() {
-                        return self.hand_over(stream, bufs.client, &shutdown).await;
+                        return self.hand_over(stream, bufs.client, &shutdown, header_deadline).await;
                     }
                 } else {
                     match self.parse(&bufs.client, client_ip, &mut bufs.out) {
                         Parsed::Ready(r) => break r,
-                        Parsed::Fallback => return self.hand_over(stream, bufs.client, &shutdown).await,
+                        Parsed::Fallback => {
+                            return self.hand_over(stream, bufs.client, &shutdown, header_deadline).await;
+                        }
                         Parsed::TooLarge => {
                             let body = "wharf: request header fields too large\n";
                             let resp = format!(
@@ -712,8 +746,16 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         }
     }
 
-    async fn hand_over(&self, stream: Stream, read: BytesMut, shutdown: &ShutdownWatch) -> Option<Stream> {
-        self.fallback.process_prefixed(stream, read.freeze(), shutdown).await
+    /// Hands the connection to Pingora; the request head being read keeps its deadline.
+    async fn hand_over(
+        &self,
+        stream: Stream,
+        read: BytesMut,
+        shutdown: &ShutdownWatch,
+        deadline: tokio::time::Instant,
+    ) -> Option<Stream> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.fallback.process_prefixed(stream, read.freeze(), shutdown, left).await
     }
 
     /// Forwards one parsed request (head rewritten in `bufs.out`) and relays the response.
@@ -754,7 +796,7 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
             fresh_only = false;
             last = Some(up.clone());
             inflight = Some(InflightGuard::new(up.state.clone()));
-            match self.attempt(&up, reuse, &mut bufs.out, &mut bufs.upstream).await {
+            match self.attempt(&up, reuse, req.idempotent, &mut bufs.out, &mut bufs.upstream).await {
                 Ok(conn) => break Ok((up, conn)),
                 Err(Failure::NotSent { stale: true, error }) => {
                     // A pooled connection the instance had closed: try a fresh one.
@@ -813,11 +855,15 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         &self,
         up: &Upstream,
         reuse: bool,
+        idempotent: bool,
         request: &mut [u8],
         upstream: &mut BytesMut,
     ) -> Result<TcpStream, Failure> {
         let pooled = if reuse { self.conns.take(up.addr) } else { None };
         let stale = pooled.is_some();
+        // Once the request is out, a pooled connection that closes without an answer is retried
+        // only for an idempotent request: the instance may have acted on it (nginx does the same).
+        let stale_after_send = stale && idempotent;
         let mut conn = match pooled {
             Some(c) => c,
             None => {
@@ -860,12 +906,12 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         upstream.reserve(READ_CHUNK);
         match timeout_at(deadline, conn.read_buf(upstream)).await {
             Ok(Ok(n)) if n > 0 => Ok(conn),
-            Ok(Ok(_)) => Err(if stale {
+            Ok(Ok(_)) => Err(if stale_after_send {
                 Failure::NotSent { stale, error: format!("{} closed the kept-alive connection", up.addr) }
             } else {
                 Failure::NoResponse { timed_out: false, error: format!("{} closed the connection", up.addr) }
             }),
-            Ok(Err(e)) if stale && e.kind() == io::ErrorKind::ConnectionReset => {
+            Ok(Err(e)) if stale_after_send && e.kind() == io::ErrorKind::ConnectionReset => {
                 Err(Failure::NotSent { stale, error: format!("{} reset the kept-alive connection", up.addr) })
             }
             Ok(Err(e)) => {
@@ -1089,6 +1135,11 @@ mod tests {
         assert!(scan_all(b"5\r\nhelloXX").is_err());
         assert!(scan_all(b"ffffffffffffffffff\r\n").is_err());
         assert!(scan_all(b"\r\n").is_err());
+        // Line ends are CRLF only, so wharf and the client agree on where the body ends.
+        assert!(scan_all(b"5\nhello\r\n").is_err());
+        assert!(scan_all(b"5\r\nhello\n").is_err());
+        assert!(scan_all(b"0\r\nX: y\n\r\n").is_err());
+        assert!(scan_all(b"0\r\n\n").is_err());
     }
 
     #[test]
@@ -1131,6 +1182,29 @@ mod tests {
             .is_err()
         );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false, false, &mut out).expect("valid").is_none());
+
+        // Framing fields survive a Connection header naming them; a chunked answer's
+        // Content-Length is dropped.
+        let h = parse_response(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+            false,
+            &mut out,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+
+        // Hundreds of Set-Cookie fields are fine.
+        let mut many = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for i in 0..300 {
+            many.extend_from_slice(format!("Set-Cookie: c{i}=v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let h = parse_response(&many, false, false, &mut out).expect("valid").expect("complete");
+        assert_eq!(h.framing, Framing::Length(0));
+        assert_eq!(out.windows(10).filter(|w| w == b"Set-Cookie").count(), 300);
     }
 
     #[test]

@@ -45,9 +45,19 @@ pub struct HeaderDeadline<A> {
 
 impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
     /// Serves a connection of which `prefix` was already read (by the fast path, which
-    /// handed it over): those bytes are read again first, then the stream's own.
-    pub async fn process_prefixed(&self, stream: Stream, prefix: Bytes, shutdown: &ShutdownWatch) -> Option<Stream> {
+    /// handed it over): those bytes are read again first, then the stream's own. The head being
+    /// read has `left` of its header time remaining.
+    pub async fn process_prefixed(
+        &self,
+        stream: Stream,
+        prefix: Bytes,
+        shutdown: &ShutdownWatch,
+        left: Duration,
+    ) -> Option<Stream> {
         let mut s = DeadlineStream::new(stream, self.timeout, self.timeouts.clone());
+        if let Phase::Header { sleep, .. } = &mut s.phase {
+            sleep.as_mut().reset(tokio::time::Instant::now() + left);
+        }
         s.prefix = prefix;
         self.inner.process_new(Box::new(s), shutdown).await
     }

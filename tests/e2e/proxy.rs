@@ -825,6 +825,22 @@ async fn http1_message_shapes_pass_intact() {
     assert!(!lower.contains("x-secret") && !lower.contains("keep-alive") && !lower.contains("connection:"), "{echoed}");
     assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "{r}");
 
+    // A client naming Content-Length in Connection cannot strip it and smuggle its body to
+    // the instance as a second request: the body arrives as this request's body.
+    b.seen.lock().expect("seen").clear();
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: internal\r\n\r\n";
+    let sneaky = format!(
+        "POST /echo HTTP/1.1\r\n{host}Content-Length: {}\r\nConnection: content-length, host\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    c.write_all(sneaky.as_bytes()).await.expect("write");
+    let r = read_until(&mut c, |s| s.ends_with("Host: internal\r\n\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    let seen = b.seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 1, "the instance saw one request: {seen:?}");
+    let length = format!("Content-Length: {}\r\n", smuggled.len());
+    assert!(seen[0].contains(&length) && seen[0].contains("Host: raw.localhost\r\n"), "{seen:?}");
+
     // The instance closes its side after each answer here (an idle timeout racing the next
     // request): the next request on that pooled connection is sent again on a fresh one.
     for i in 0..5 {
