@@ -15,7 +15,7 @@
 //! stays with Pingora. The behaviour is the same on both paths: routing, balancing, X-Forwarded-*
 //! headers, retries, passive ejection, timeouts, metrics and the access log.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -141,6 +141,12 @@ impl<A> FastPath<A> {
     }
 }
 
+/// The client's address, formatted once per connection.
+struct Client {
+    ip: IpAddr,
+    text: String,
+}
+
 /// What the head of the buffered request says.
 enum Parsed {
     /// More bytes are needed.
@@ -223,7 +229,7 @@ fn cookie_value(values: &[&[u8]], name: &str) -> Option<Vec<u8>> {
 impl<A> FastPath<A> {
     /// Parses the buffered request and, when the fast path takes it, writes the head to send
     /// upstream into `out`.
-    fn parse(&self, buf: &[u8], client_ip: Option<IpAddr>, out: &mut Vec<u8>) -> Parsed {
+    fn parse(&self, buf: &[u8], client: Option<&Client>, out: &mut Vec<u8>) -> Parsed {
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut fields);
         let head_len = match req.parse(buf) {
@@ -296,7 +302,7 @@ impl<A> FastPath<A> {
                     req.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("cookie")).map(|f| f.value).collect();
                 cookie_value(&values, name)
             }
-            Policy::Hash(HashKey::ClientIp) => client_ip.map(|ip| ip.to_string().into_bytes()),
+            Policy::Hash(HashKey::ClientIp) => client.map(|c| c.text.as_bytes().to_vec()),
             _ => None,
         };
 
@@ -340,8 +346,7 @@ impl<A> FastPath<A> {
             out.extend_from_slice(f.value);
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(ip) = client_ip {
-            let ip = ip.to_string();
+        if let Some(ip) = client.map(|c| c.text.as_str()) {
             out.extend_from_slice(b"X-Forwarded-For: ");
             if !forwarded_for.is_empty() {
                 out.extend_from_slice(&forwarded_for);
@@ -368,10 +373,11 @@ impl<A> FastPath<A> {
             idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
             is_head: method == "HEAD",
             keep_alive,
-            method: method.to_string(),
-            host: host.to_string(),
-            path: path.to_string(),
-            client: client_ip,
+            // Only the access log needs these.
+            method: if self.access_log.is_some() { method.to_string() } else { String::new() },
+            host: if self.access_log.is_some() { host.to_string() } else { String::new() },
+            path: if self.access_log.is_some() { path.to_string() } else { String::new() },
+            client: client.map(|c| c.ip),
         }))
     }
 }
@@ -456,7 +462,7 @@ fn parse_response_in<'b>(
     }
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    let _ = write!(out, "{status}");
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -657,8 +663,10 @@ fn spawn_sweeper(conns: Weak<UpstreamConns>) {
 
 impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let client_ip =
-            stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| Client { ip, text: ip.to_string() });
         let mut bufs = Buffers {
             client: BytesMut::with_capacity(READ_CHUNK),
             upstream: BytesMut::with_capacity(READ_CHUNK),
@@ -708,7 +716,7 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                         return self.hand_over(stream, bufs.client, &shutdown, header_deadline).await;
                     }
                 } else {
-                    match self.parse(&bufs.client, client_ip, &mut bufs.out) {
+                    match self.parse(&bufs.client, client.as_ref(), &mut bufs.out) {
                         Parsed::Ready(r) => break r,
                         Parsed::Fallback => {
                             return self.hand_over(stream, bufs.client, &shutdown, header_deadline).await;

@@ -11,6 +11,7 @@
 //! Pools hold only instances whose checks all pass (or also warning ones with
 //! `route_warning`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -94,19 +95,23 @@ pub fn parse_route_spec(spec: &str) -> Option<PrefixSpec> {
     })
 }
 
-/// The host part of a Host header, lower-cased, without port.
-pub fn normalize_host(host: &str) -> String {
+/// The host part of a Host header, lower-cased, without port (borrowed when already so).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let h = host.trim();
     let without_port = if h.starts_with('[') {
-        h.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+        match h.find(']') {
+            Some(i) => &h[..=i],
+            None => return Cow::Owned(format!("{}]", h.to_ascii_lowercase())),
+        }
     } else {
-        h.rsplit_once(':')
-            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-            .map(|(a, _)| a)
-            .unwrap_or(h)
-            .to_string()
+        h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(a, _)| a).unwrap_or(h)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let bare = without_port.trim_end_matches('.');
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(bare)
+    }
 }
 
 impl RouteTable {
@@ -115,9 +120,9 @@ impl RouteTable {
         let host = normalize_host(host);
         self.host_prefix_routes
             .iter()
-            .find(|r| r.host.as_deref() == Some(host.as_str()) && path.starts_with(&r.prefix))
+            .find(|r| r.host.as_deref() == Some(&*host) && path.starts_with(&r.prefix))
             .or_else(|| self.prefix_routes.iter().find(|r| path.starts_with(&r.prefix)))
-            .or_else(|| self.host_routes.get(&host))
+            .or_else(|| self.host_routes.get(&*host))
             .or(self.default.as_ref())
     }
 
