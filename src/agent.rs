@@ -189,8 +189,9 @@ pub struct AgentArgs {
     /// connection, or from a kept-alive request's first byte); slower ones are cut off.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub proxy_header_timeout: Duration,
-    /// Retries on another instance after an upstream failure, for idempotent requests
-    /// (failed connections are always retried while instances remain).
+    /// Retries on another instance after an upstream timeout, for idempotent requests
+    /// (failed connections are always retried while instances remain, and so are idempotent
+    /// requests whose connection closed without an answer).
     #[arg(long, default_value_t = 2)]
     pub proxy_retries: usize,
     /// Consecutive failures that eject an instance from its pool (0 = never).

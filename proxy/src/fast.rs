@@ -807,9 +807,11 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
             match self.attempt(&up, reuse, req.idempotent, &mut bufs.out, &mut bufs.upstream).await {
                 Ok(conn) => break Ok((up, conn)),
                 Err(Failure::NotSent { stale: true, error }) => {
-                    // A pooled connection the instance had closed: try a fresh one.
+                    // A pooled connection the instance had closed (it is often stopping): try
+                    // another instance, or a fresh connection when none is left. Neither counts
+                    // against the instance or the retry budget.
                     last_error = Some(error);
-                    fresh_only = true;
+                    fresh_only = !route.pool.upstreams.iter().any(|u| !tried.contains(&u.addr));
                 }
                 Err(Failure::NotSent { stale: false, error }) => {
                     note_failure(&self.settings, route, &up);
@@ -823,8 +825,13 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                     note_failure(&self.settings, route, &up);
                     last_error = Some(error);
                     let untried = route.pool.upstreams.iter().any(|u| !tried.contains(&u.addr));
-                    if req.idempotent && retries_used < self.settings.retries && untried {
-                        retries_used += 1;
+                    // An idempotent request whose connection was closed or reset without an
+                    // answer (a stopping instance, or Docker's port proxy in front of a dead
+                    // container) is tried on every other instance, like nginx; only timeouts,
+                    // which are costly, use the retry budget.
+                    let budget_ok = !timed_out || retries_used < self.settings.retries;
+                    if req.idempotent && budget_ok && untried {
+                        retries_used += usize::from(timed_out);
                         route.service_stats.retries.fetch_add(1, Ordering::Relaxed);
                     } else {
                         break Err(if timed_out { 504 } else { 502 });
@@ -835,6 +842,8 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
         let (up, conn) = match result {
             Ok(x) => x,
             Err(code) => {
+                tracing::warn!(service = %route.service, attempts = tried.len(), status = code,
+                    "request failed: {}", last_error.as_deref().unwrap_or("every instance was tried"));
                 let body = if code == 504 {
                     format!("wharf: service {:?} did not answer in time\n", route.service)
                 } else {
@@ -1074,6 +1083,7 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
     }
 
     async fn bad_gateway(&self, stream: &mut Stream, req: &Request, error: String) -> (Outcome, u16, Option<String>) {
+        tracing::warn!(service = %req.route.service, status = 502, "bad answer from an instance: {error}");
         let body = format!("wharf: could not reach an instance of service {:?}\n", req.route.service);
         let resp = format!(
             "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -30,8 +30,9 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Idle time allowed on a client keep-alive connection.
     pub client_keepalive: Duration,
-    /// Extra attempts on another instance after an upstream failure, for idempotent
-    /// requests (connection failures before sending are always retried).
+    /// Extra attempts on another instance after an upstream timeout, for idempotent requests
+    /// (connection failures before sending are always retried, and an idempotent request whose
+    /// connection closed without an answer is tried on every other instance).
     pub retries: usize,
     /// Consecutive failures that eject an instance (0 = never).
     pub eject_after: u32,
@@ -306,6 +307,7 @@ impl ProxyHttp for WharfProxy {
             self.record_failure(ctx);
         }
         let idempotent = session.req_header().method.is_idempotent();
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
         let truncated = session.as_ref().retry_buffer_truncated();
         if client_reused && !truncated && matches!(e.retry, RetryType::ReusedOnly) && self.has_untried(ctx) {
             // A pooled upstream connection that the instance had closed (it is stopping, or
@@ -314,6 +316,10 @@ impl ProxyHttp for WharfProxy {
             e.set_retry(true);
         } else if !idempotent || truncated {
             e.set_retry(false);
+        } else if !timed_out && matches!(e.esource(), ErrorSource::Upstream) && self.has_untried(ctx) {
+            // Closed or reset without an answer: every other instance is tried, as on the fast
+            // path; only timeouts use the retry budget.
+            e.set_retry(true);
         } else if ctx.retries_used < self.settings.retries && self.has_untried(ctx) {
             ctx.retries_used += 1;
             e.set_retry(true);

@@ -486,7 +486,7 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     let project = unique("wcp");
     let proxy_port = free_port();
     let proxy_addr = format!("127.0.0.1:{proxy_port}");
-    let (_agent, api) = docker_agent(&["--proxy-addr", &proxy_addr, "--proxy-threads", "2"]).await;
+    let (agent, api) = docker_agent(&["--proxy-addr", &proxy_addr, "--proxy-threads", "2"]).await;
     let compose = repo().join("demo/docker-compose.yml");
     let compose_cmd = |args: &[&str]| {
         let out = Command::new("docker-compose")
@@ -538,7 +538,9 @@ async fn compose_scale_and_kill_with_zero_failed_requests() {
     stop.store(true, Ordering::Relaxed);
     let (ok, failed, errors) = loader.await.expect("loader");
     println!("compose scale 3 -> 5 -> 1: {ok} requests, {failed} failed");
-    assert_eq!(failed, 0, "failed requests during scaling: {errors:?}");
+    let why: Vec<String> =
+        agent.log_text().lines().filter(|l| l.contains("failed")).take(5).map(str::to_string).collect();
+    assert_eq!(failed, 0, "failed requests during scaling: {errors:?}; agent log: {why:#?}");
     assert!(ok > 100);
 
     // docker kill (SIGKILL) of a replica: out of the pool within 100 ms of the event, and no
