@@ -203,6 +203,11 @@ impl Pool {
         self.upstreams.is_empty()
     }
 
+    /// Whether an instance not in `tried` is left.
+    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
+        self.upstreams.iter().any(|u| !tried.contains(&u.addr))
+    }
+
     /// The policy's first choice, as an index into `upstreams`. `hash_key` is the value of
     /// the hashed header/cookie/IP, when the policy hashes and the request has one.
     fn preferred(&self, hash_key: Option<&[u8]>) -> usize {

@@ -35,7 +35,7 @@ use crate::balance::{HashKey, InflightGuard, Policy, Upstream};
 use crate::header_deadline::{DeadlineStream, HeaderDeadline};
 use crate::metrics::ProxyMetrics;
 use crate::route_table::{Route, RouteTable};
-use crate::service::{AccessLog, MAX_HEADER_BYTES, UpstreamSettings, note_failure};
+use crate::service::{AccessLog, MAX_HEADER_BYTES, Retry, UpstreamSettings, note_failure};
 
 /// Largest request body the fast path buffers (bigger ones go to Pingora, which streams).
 const MAX_FAST_BODY: usize = 64 * 1024;
@@ -89,11 +89,6 @@ impl UpstreamConns {
             list.retain(|(conn, since)| since.elapsed() < self.idle_timeout && still_idle(conn));
         }
         idle.retain(|_, list| !list.is_empty());
-    }
-
-    /// Number of idle connections held.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
     }
 }
 
@@ -517,6 +512,7 @@ impl ChunkScanner {
     fn feed(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         use ChunkState::*;
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body");
+        let lf = |b: u8| if b == b'\n' { Ok(()) } else { Err(bad()) };
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -539,13 +535,11 @@ impl ChunkScanner {
                     _ => {}
                 },
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err(bad());
-                    }
+                    lf(b)?;
                     self.end_size_line();
                 }
                 Data => {
-                    let take = (self.size as usize).min(bytes.len() - i);
+                    let take = self.size.min((bytes.len() - i) as u64) as usize;
                     self.size -= take as u64;
                     i += take;
                     if self.size == 0 {
@@ -558,9 +552,7 @@ impl ChunkScanner {
                     _ => return Err(bad()),
                 },
                 DataLf => {
-                    if b != b'\n' {
-                        return Err(bad());
-                    }
+                    lf(b)?;
                     self.state = Size;
                 }
                 LineStart => match b {
@@ -574,15 +566,11 @@ impl ChunkScanner {
                     _ => {}
                 },
                 TrailerLf => {
-                    if b != b'\n' {
-                        return Err(bad());
-                    }
+                    lf(b)?;
                     self.state = LineStart;
                 }
                 EndLf => {
-                    if b != b'\n' {
-                        return Err(bad());
-                    }
+                    lf(b)?;
                     self.state = Done;
                     return Ok(Some(i + 1));
                 }
@@ -630,6 +618,16 @@ async fn write_client(stream: &mut Stream, bytes: &[u8], deadline: tokio::time::
     })
     .await
     .map_err(|_| timed_out("writing to the client"))?
+}
+
+/// A response wharf writes itself (431, 502, 504), after which the connection closes.
+async fn write_closing(stream: &mut Stream, code: u16, body: &str, deadline: tokio::time::Instant) -> io::Result<()> {
+    let reason = http::StatusCode::from_u16(code).ok().and_then(|c| c.canonical_reason()).unwrap_or("");
+    let resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    write_client(stream, resp.as_bytes(), deadline).await
 }
 
 #[async_trait]
@@ -723,11 +721,7 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                         }
                         Parsed::TooLarge => {
                             let body = "wharf: request header fields too large\n";
-                            let resp = format!(
-                                "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = write_client(&mut stream, resp.as_bytes(), header_deadline).await;
+                            let _ = write_closing(&mut stream, 431, body, header_deadline).await;
                             return None;
                         }
                         Parsed::Partial => {}
@@ -811,12 +805,12 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                     // another instance, or a fresh connection when none is left. Neither counts
                     // against the instance or the retry budget.
                     last_error = Some(error);
-                    fresh_only = !route.pool.upstreams.iter().any(|u| !tried.contains(&u.addr));
+                    fresh_only = !route.pool.has_untried(&tried);
                 }
                 Err(Failure::NotSent { stale: false, error }) => {
                     note_failure(&self.settings, route, &up);
                     last_error = Some(error);
-                    if !route.pool.upstreams.iter().any(|u| !tried.contains(&u.addr)) {
+                    if !route.pool.has_untried(&tried) {
                         break Err(502);
                     }
                     route.service_stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -824,18 +818,13 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                 Err(Failure::NoResponse { timed_out, error }) => {
                     note_failure(&self.settings, route, &up);
                     last_error = Some(error);
-                    let untried = route.pool.upstreams.iter().any(|u| !tried.contains(&u.addr));
-                    // An idempotent request whose connection was closed or reset without an
-                    // answer (a stopping instance, or Docker's port proxy in front of a dead
-                    // container) is tried on every other instance, like nginx; only timeouts,
-                    // which are costly, use the retry budget.
-                    let budget_ok = !timed_out || retries_used < self.settings.retries;
-                    if req.idempotent && budget_ok && untried {
-                        retries_used += usize::from(timed_out);
-                        route.service_stats.retries.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        break Err(if timed_out { 504 } else { 502 });
+                    let untried = route.pool.has_untried(&tried);
+                    match self.settings.retry_after_send(req.idempotent, !timed_out, retries_used, untried) {
+                        Retry::No => break Err(if timed_out { 504 } else { 502 }),
+                        Retry::Free => {}
+                        Retry::Budgeted => retries_used += 1,
                     }
+                    route.service_stats.retries.fetch_add(1, Ordering::Relaxed);
                 }
             }
         };
@@ -849,13 +838,8 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
                 } else {
                     format!("wharf: could not reach an instance of service {:?}\n", route.service)
                 };
-                let reason = if code == 504 { "Gateway Timeout" } else { "Bad Gateway" };
-                let resp = format!(
-                    "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
                 let deadline = tokio::time::Instant::now() + self.settings.write_timeout;
-                let _ = write_client(stream, resp.as_bytes(), deadline).await;
+                let _ = write_closing(stream, code, &body, deadline).await;
                 self.finish(req, code, started, last.as_deref(), tried.len(), last_error);
                 return Outcome::Close;
             }
@@ -1085,12 +1069,8 @@ impl<A: ServerApp + Send + Sync + 'static> FastPath<A> {
     async fn bad_gateway(&self, stream: &mut Stream, req: &Request, error: String) -> (Outcome, u16, Option<String>) {
         tracing::warn!(service = %req.route.service, status = 502, "bad answer from an instance: {error}");
         let body = format!("wharf: could not reach an instance of service {:?}\n", req.route.service);
-        let resp = format!(
-            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
         let deadline = tokio::time::Instant::now() + self.settings.write_timeout;
-        let _ = write_client(stream, resp.as_bytes(), deadline).await;
+        let _ = write_closing(stream, 502, &body, deadline).await;
         (Outcome::Close, 502, Some(error))
     }
 

@@ -54,10 +54,7 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
         shutdown: &ShutdownWatch,
         left: Duration,
     ) -> Option<Stream> {
-        let mut s = DeadlineStream::new(stream, self.timeout, self.timeouts.clone());
-        if let Phase::Header { sleep, .. } = &mut s.phase {
-            sleep.as_mut().reset(tokio::time::Instant::now() + left);
-        }
+        let mut s = DeadlineStream::new(stream, self.timeout, left, self.timeouts.clone());
         s.prefix = prefix;
         self.inner.process_new(Box::new(s), shutdown).await
     }
@@ -69,7 +66,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         let stream: Stream = if self.timeout.is_zero() || stream.as_any().is::<DeadlineStream>() {
             stream
         } else {
-            Box::new(DeadlineStream::new(stream, self.timeout, self.timeouts.clone()))
+            Box::new(DeadlineStream::new(stream, self.timeout, self.timeout, self.timeouts.clone()))
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -141,11 +138,12 @@ pub struct DeadlineStream {
 }
 
 impl DeadlineStream {
-    fn new(inner: Stream, timeout: Duration, timeouts: Arc<AtomicU64>) -> DeadlineStream {
+    /// `first` is what is left of the header time for the request being read now.
+    fn new(inner: Stream, timeout: Duration, first: Duration, timeouts: Arc<AtomicU64>) -> DeadlineStream {
         let phase = if timeout.is_zero() {
             Phase::Done
         } else {
-            Phase::Header { sleep: Box::pin(tokio::time::sleep(timeout)), state: 0 }
+            Phase::Header { sleep: Box::pin(tokio::time::sleep(first)), state: 0 }
         };
         DeadlineStream { inner, timeout, phase, timeouts, prefix: Bytes::new() }
     }

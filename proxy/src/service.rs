@@ -39,6 +39,41 @@ pub struct UpstreamSettings {
     pub eject_for: Duration,
 }
 
+/// How a request that failed after it was sent may be tried again.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Retry {
+    No,
+    /// On another instance, outside the budget.
+    Free,
+    /// On another instance, using one of `retries`.
+    Budgeted,
+}
+
+impl UpstreamSettings {
+    /// The rule both paths follow once a request is out: only idempotent requests are tried
+    /// again, and only on an instance not tried yet. One whose connection closed or reset without
+    /// an answer (a stopping instance, or Docker's port proxy in front of a dead container) is
+    /// tried on every other instance, like nginx's `proxy_next_upstream error`; anything else,
+    /// timeouts above all, which are costly, uses the retry budget.
+    pub(crate) fn retry_after_send(
+        &self,
+        idempotent: bool,
+        closed_without_answer: bool,
+        retries_used: usize,
+        untried: bool,
+    ) -> Retry {
+        if !idempotent || !untried {
+            Retry::No
+        } else if closed_without_answer {
+            Retry::Free
+        } else if retries_used < self.retries {
+            Retry::Budgeted
+        } else {
+            Retry::No
+        }
+    }
+}
+
 impl Default for UpstreamSettings {
     fn default() -> Self {
         UpstreamSettings {
@@ -172,7 +207,7 @@ impl WharfProxy {
 
     /// Whether another instance is left to try.
     fn has_untried(&self, ctx: &Ctx) -> bool {
-        ctx.route.as_ref().is_some_and(|r| r.pool.upstreams.iter().any(|u| !ctx.tried.contains(&u.addr)))
+        ctx.route.as_ref().is_some_and(|r| r.pool.has_untried(&ctx.tried))
     }
 }
 
@@ -314,17 +349,19 @@ impl ProxyHttp for WharfProxy {
             // its idle timeout passed): the request never reached it. Always retried, on
             // another instance, without using the retry budget, like a failed connect.
             e.set_retry(true);
-        } else if !idempotent || truncated {
+        } else if truncated {
             e.set_retry(false);
-        } else if !timed_out && matches!(e.esource(), ErrorSource::Upstream) && self.has_untried(ctx) {
-            // Closed or reset without an answer: every other instance is tried, as on the fast
-            // path; only timeouts use the retry budget.
-            e.set_retry(true);
-        } else if ctx.retries_used < self.settings.retries && self.has_untried(ctx) {
-            ctx.retries_used += 1;
-            e.set_retry(true);
         } else {
-            e.retry.decide_reuse(client_reused);
+            let closed = !timed_out && matches!(e.esource(), ErrorSource::Upstream);
+            match self.settings.retry_after_send(idempotent, closed, ctx.retries_used, self.has_untried(ctx)) {
+                Retry::Free => e.set_retry(true),
+                Retry::Budgeted => {
+                    ctx.retries_used += 1;
+                    e.set_retry(true);
+                }
+                Retry::No if !idempotent => e.set_retry(false),
+                Retry::No => e.retry.decide_reuse(client_reused),
+            }
         }
         if e.retry()
             && let Some(r) = &ctx.route
@@ -430,5 +467,23 @@ impl ProxyHttp for WharfProxy {
                 e.map(|e| e.to_string()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_after_send_follow_one_rule() {
+        let s = UpstreamSettings { retries: 1, ..Default::default() };
+        // Never for a non-idempotent request, nor with no instance left.
+        assert_eq!(s.retry_after_send(false, true, 0, true), Retry::No);
+        assert_eq!(s.retry_after_send(true, true, 0, false), Retry::No);
+        // Closed without an answer: every other instance, outside the budget.
+        assert_eq!(s.retry_after_send(true, true, 5, true), Retry::Free);
+        // Timeouts: within the budget only.
+        assert_eq!(s.retry_after_send(true, false, 0, true), Retry::Budgeted);
+        assert_eq!(s.retry_after_send(true, false, 1, true), Retry::No);
     }
 }

@@ -624,12 +624,16 @@ async fn wasm_label_check_takes_a_sick_container_out_of_the_pool() {
             .expect("proxy request");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     };
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..10 {
-        let (status, body) = get().await;
-        assert_eq!(status, 200, "{body}");
-        seen.insert(body);
-    }
+    let answers = || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let (status, body) = get().await;
+            assert_eq!(status, 200, "{body}");
+            seen.insert(body);
+        }
+        seen
+    };
+    let seen = answers().await;
     assert_eq!(seen.len(), 2, "both containers answer: {seen:?}");
 
     // Make container a sick: its /health now says DOWN.
@@ -649,12 +653,7 @@ async fn wasm_label_check_takes_a_sick_container_out_of_the_pool() {
     let output = checks[&check_id]["Output"].as_str().unwrap_or("").to_string();
     assert!(output.contains("DOWN"), "{output}");
     assert_eq!(checks[&check_id]["Type"], "wasm");
-    let mut after = std::collections::BTreeSet::new();
-    for _ in 0..10 {
-        let (status, body) = get().await;
-        assert_eq!(status, 200, "{body}");
-        after.insert(body);
-    }
+    let after = answers().await;
     assert_eq!(after.len(), 1, "only the healthy container answers: {after:?}");
     println!("docker+wasm: a container whose /health said DOWN was critical {left:?} later (300ms interval)");
 }

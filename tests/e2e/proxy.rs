@@ -359,16 +359,7 @@ async fn smuggling_shapes_are_refused() {
     p.api.put_ok("/v1/agent/service/register", backend_service(&b, "web", json!({}))).await;
     wait_pool(&p, "web", 1).await;
     let addr = p.proxy.trim_start_matches("http://").to_string();
-    let raw = |req: &'static [u8]| {
-        let addr = addr.clone();
-        async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            c.write_all(req).await.expect("write");
-            let mut buf = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
-            String::from_utf8_lossy(&buf).to_string()
-        }
-    };
+    let raw = |req: &'static [u8]| one_shot(&addr, req);
     let cl_te = raw(
         b"POST / HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
@@ -387,6 +378,15 @@ async fn smuggling_shapes_are_refused() {
     assert!(over.starts_with("HTTP/1.1 431"), "oversized headers: {}", &over[..over.len().min(80)]);
     // A sane request on the same proxy still works.
     assert_eq!(p.get("web.localhost", "/").await.0, 200);
+}
+
+/// Sends `req` on a new connection and reads until the proxy closes it (5 s at most).
+async fn one_shot(addr: &str, req: &[u8]) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(req).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
 }
 
 /// Waits until the proxy's route table holds `n` instances of `service` (a registration is
@@ -693,10 +693,8 @@ impl ScriptedBackend {
                 if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     break i + 4;
                 }
-                let mut chunk = [0u8; 4096];
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut conn, &mut buf).await {
+                    return;
                 }
             };
             let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -706,10 +704,8 @@ impl ScriptedBackend {
                     if let Some(i) = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n") {
                         break head_end + i + 5;
                     }
-                    let mut chunk = [0u8; 4096];
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut conn, &mut buf).await {
+                        return;
                     }
                 }
             } else {
@@ -719,10 +715,8 @@ impl ScriptedBackend {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
                 while buf.len() < head_end + len {
-                    let mut chunk = [0u8; 4096];
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut conn, &mut buf).await {
+                        return;
                     }
                 }
                 head_end + len
@@ -753,6 +747,18 @@ impl ScriptedBackend {
             if conn.write_all(&answer).await.is_err() || close {
                 return;
             }
+        }
+    }
+}
+
+/// Appends what arrives next to `buf`; false once the peer is gone.
+async fn read_more(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match conn.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
         }
     }
 }
@@ -861,19 +867,11 @@ async fn http1_message_shapes_pass_intact() {
     assert!(r.contains("3\r\nabc\r\n0\r\n\r\n"), "{r}");
 
     // A body that ends when the instance closes: the client is told the connection closes.
-    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    c.write_all(format!("GET /until-close HTTP/1.1\r\n{host}\r\n").as_bytes()).await.expect("write");
-    let mut all = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
-    let r = String::from_utf8_lossy(&all);
+    let r = one_shot(&addr, format!("GET /until-close HTTP/1.1\r\n{host}\r\n").as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close\r\n"), "{r}");
     assert!(r.ends_with("\r\n\r\nbody until close"), "{r}");
 
     // HTTP/1.0 is served (by Pingora) too.
-    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    c.write_all(format!("GET /length HTTP/1.0\r\n{host}\r\n").as_bytes()).await.expect("write");
-    let mut all = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
-    let r = String::from_utf8_lossy(&all);
+    let r = one_shot(&addr, format!("GET /length HTTP/1.0\r\n{host}\r\n").as_bytes()).await;
     assert!(r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("hello world"), "{r}");
 }
