@@ -143,6 +143,7 @@ async fn routing_forms() {
         .await;
     p.api.put_ok("/v1/agent/service/register", backend_service(&home, "home", json!({}))).await;
     p.api.put_ok("/v1/agent/service/register", backend_service(&other, "other", json!({}))).await;
+    wait_pool(&p, "other", 1).await;
 
     // (a) Fabio prefixes: longest wins, strip removes the prefix.
     assert_eq!(p.get("x", "/api/users").await, (200, "api1 /users".to_string()));
@@ -178,6 +179,9 @@ async fn balancing_modes() {
             )
             .await;
     }
+    // A registration is acknowledged before the route table is rebuilt from it: a request
+    // sent at once could meet a pool of one or two, and a hash would move as it grows.
+    wait_pool(&p, "wt", 3).await;
     let seen = p.spread("wt.localhost", "/", 50).await;
     assert_eq!((seen["w1"], seen["w2"], seen["w3"]), (30, 10, 10), "{seen:?}");
 
@@ -187,6 +191,7 @@ async fn balancing_modes() {
             .put_ok("/v1/agent/service/register", reg("hh", i, json!({"Meta": {"wharf-lb": "hash:header:X-User"}})))
             .await;
     }
+    wait_pool(&p, "hh", 3).await;
     let mut by_user = HashMap::new();
     for u in 0..30 {
         let mut first = None;
@@ -213,6 +218,7 @@ async fn balancing_modes() {
             .put_ok("/v1/agent/service/register", reg("hc", i, json!({"Meta": {"wharf-lb": "hash:cookie:session"}})))
             .await;
     }
+    wait_pool(&p, "hc", 3).await;
     let mut owners = std::collections::HashSet::new();
     for s in 0..20 {
         let mut names = std::collections::HashSet::new();
@@ -243,6 +249,7 @@ async fn balancing_modes() {
     for i in 0..2 {
         p.api.put_ok("/v1/agent/service/register", reg("lc", i, json!({"Meta": {"wharf-lb": "least_conn"}}))).await;
     }
+    wait_pool(&p, "lc", 2).await;
     let slow = {
         let (c, u) = (p.client.clone(), format!("{}/slow?ms=1500", p.proxy));
         tokio::spawn(async move { c.get(u).header("host", "lc.localhost").send().await.map(|r| r.status().as_u16()) })
