@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
 use clap::Args;
 use discovery::api::{self, AgentControl, AgentInfo, ApiState};
 use discovery::catalog::Cluster;
@@ -19,71 +20,101 @@ use discovery::store::raft_id_from_uuid;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-/// Options of `wharf agent`. Durations and sizes state their unit.
+use crate::agent_config::FileConfig;
+
+/// Options of `wharf agent`. Durations and sizes state their unit. Consul's single-dash
+/// spellings work (`-server -bootstrap-expect=3 -client=0.0.0.0`); settings not given here
+/// come from `-config-file` / `-config-dir` JSON files, then the defaults.
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Single-node development mode: bootstrap a one-server cluster on loopback.
-    /// This is also what `wharf agent` does when neither --server nor --retry-join is given.
+    /// This is also what `wharf agent` does when neither --server nor a join is given.
     #[arg(long)]
     pub dev: bool,
     /// Run as a voting server (clients join as non-voting learners).
     #[arg(long)]
     pub server: bool,
+    /// Bootstrap mode: this server elects itself leader alone (same as --bootstrap-expect 1).
+    #[arg(long)]
+    pub bootstrap: bool,
     /// Number of servers to wait for before bootstrapping the cluster (1 = alone).
     #[arg(long, value_name = "N")]
     pub bootstrap_expect: Option<usize>,
-    /// Raft address (host[:port]) of a server to join; repeatable.
+    /// Address (host name or IP, optionally :port, default port 8300) of an agent to join at
+    /// start; repeatable. Retried until it succeeds.
     #[arg(long, value_name = "ADDR")]
     pub retry_join: Vec<String>,
-    /// Directory for the Raft log, snapshots and node identity (created if missing).
+    /// Like --retry-join (Consul's -join).
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Directory for the Raft log, snapshots and node identity (created if missing; also
+    /// WHARF_DATA_DIR).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Node name (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// Datacenter name.
-    #[arg(long, default_value = "dc1")]
-    pub datacenter: String,
-    /// Address other nodes and clients reach this agent at (default: the bind address,
-    /// or 127.0.0.1 when binding all interfaces).
+    /// Node ID, a UUID (default: generated once and kept in the data dir).
+    #[arg(long, value_name = "UUID")]
+    pub node_id: Option<String>,
+    /// Datacenter name (default dc1).
+    #[arg(long, value_name = "DC")]
+    pub datacenter: Option<String>,
+    /// Address other nodes and clients reach this agent at (default: the bind address, or
+    /// the first private IPv4 address when binding all interfaces, else 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub advertise: Option<IpAddr>,
-    /// Address the Raft port binds to.
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
-    pub bind: IpAddr,
-    /// Raft port (server-to-server traffic; authenticated by the cluster key).
-    #[arg(long, default_value_t = 8300)]
-    pub raft_port: u16,
-    /// Address the HTTP API binds to.
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
-    pub client: IpAddr,
-    /// HTTP API port.
-    #[arg(long, default_value_t = 8500)]
-    pub http_port: u16,
+    /// Address the Raft port binds to (default 127.0.0.1 for a lone agent, 0.0.0.0 when it
+    /// joins or expects other servers).
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Raft port (server-to-server traffic; Consul's server port) (default 8300; also
+    /// WHARF_SERVER_PORT).
+    #[arg(long, alias = "server-port", value_name = "PORT", env = "WHARF_SERVER_PORT")]
+    pub raft_port: Option<u16>,
+    /// Address the HTTP API and DNS bind to (default 127.0.0.1).
+    #[arg(long, value_name = "IP")]
+    pub client: Option<IpAddr>,
+    /// HTTP API port (default 8500; also WHARF_HTTP_PORT).
+    #[arg(long, value_name = "PORT", env = "WHARF_HTTP_PORT")]
+    pub http_port: Option<u16>,
     /// Shared secret every member of the cluster presents on the Raft port. Generated
-    /// and kept in the data dir when not given (single node only).
+    /// and kept in the data dir when not given (single node only). Without one, a cluster
+    /// runs unauthenticated, with a warning.
     #[arg(long, env = "WHARF_CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
-    /// Directory of service definitions (Consul JSON); repeatable. Re-read on SIGHUP and
-    /// `wharf reload`.
+    /// Consul's gossip key (`wharf keygen`: 32 random bytes, base64); wharf uses it as the
+    /// cluster key every member must present.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// Directory of Consul JSON config files: agent settings and service/check definitions;
+    /// repeatable. Definitions are re-read on SIGHUP and `wharf reload`.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Vec<PathBuf>,
+    /// A Consul JSON config file (agent settings and definitions); repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Vec<PathBuf>,
+    /// Consul's web UI flag. The UI is not built yet: the agent says so at start and serves
+    /// the HTTP API only.
+    #[arg(long)]
+    pub ui: bool,
     /// Raft log entries between two snapshots.
     #[arg(long, default_value_t = 8192)]
     pub raft_snapshot_threshold: u64,
 
-    /// Address the DNS server (UDP and TCP) binds to.
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
-    pub dns_addr: IpAddr,
-    /// DNS port, UDP and TCP (53 needs root or CAP_NET_BIND_SERVICE).
-    #[arg(long, default_value_t = 8600)]
-    pub dns_port: u16,
+    /// Address the DNS server (UDP and TCP) binds to (default: the --client address).
+    #[arg(long, value_name = "IP")]
+    pub dns_addr: Option<IpAddr>,
+    /// DNS port, UDP and TCP (53 needs root or CAP_NET_BIND_SERVICE) (default 8600; also
+    /// WHARF_DNS_PORT).
+    #[arg(long, value_name = "PORT", env = "WHARF_DNS_PORT")]
+    pub dns_port: Option<u16>,
     /// Do not run the DNS server.
     #[arg(long)]
     pub no_dns: bool,
-    /// Domain the DNS server answers (`web.service.<domain>`).
-    #[arg(long, value_name = "NAME", default_value = "consul")]
-    pub domain: String,
+    /// Domain the DNS server answers (`web.service.<domain>`) (default consul).
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
     /// A second domain answered the same way.
     #[arg(long, value_name = "NAME")]
     pub alt_domain: Option<String>,
@@ -110,10 +141,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub dns_threads: usize,
 
-    /// Allow script/args checks. WARNING: with an HTTP API reachable by others, script checks
-    /// are remote code execution; enable only on a trusted API address with ACLs.
-    #[arg(long)]
-    pub enable_script_checks: bool,
+    /// Allow script/args checks (`-enable-script-checks` or `=true`/`=false`). WARNING: with
+    /// an HTTP API reachable by others, script checks are remote code execution; enable only
+    /// on a trusted API address with ACLs.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool_flag)]
+    pub enable_script_checks: Option<bool>,
     /// Directory of Wasm plugins (`NAME.wasm` components): health checks registered with
     /// `"Wasm": {"Module": "NAME", "Config": "..."}` and template plugins. Without it, Wasm
     /// checks are refused at registration.
@@ -140,8 +173,8 @@ pub struct AgentArgs {
     pub docker_explicit: bool,
 
     /// Proxy listener (HTTP/1.1 and h2c); repeatable. Ports below 1024 need root or
-    /// CAP_NET_BIND_SERVICE.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    /// CAP_NET_BIND_SERVICE (also WHARF_PROXY_ADDR).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80", env = "WHARF_PROXY_ADDR")]
     pub proxy_addr: Vec<SocketAddr>,
     /// Do not run the proxy.
     #[arg(long)]
@@ -208,6 +241,10 @@ pub struct AgentArgs {
     pub templates: crate::template_cmd::AgentTemplateArgs,
 }
 
+fn parse_bool_flag(s: &str) -> Result<bool, String> {
+    crate::agent_config::parse_bool(s)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     discovery::duration::parse_go_duration(s, false)
 }
@@ -229,7 +266,9 @@ struct Resolved {
     http_addr: SocketAddr,
     raft_bind: SocketAddr,
     data_dir: PathBuf,
-    config_dirs: Vec<PathBuf>,
+    config: crate::config_dir::Sources,
+    /// Runs as its own one-agent cluster (a `wharf join` restarts it into the other one).
+    alone: bool,
     /// `None` with --no-dns.
     dns: Option<DnsConfig>,
     templates: crate::template_cmd::AgentTemplateArgs,
@@ -268,7 +307,7 @@ fn persistent_value(path: &Path, make: impl FnOnce() -> String) -> Result<String
     }
 }
 
-fn with_default_port(addr: &str, port: u16) -> String {
+pub(crate) fn with_default_port(addr: &str, port: u16) -> String {
     if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         addr.to_string()
     } else {
@@ -276,52 +315,157 @@ fn with_default_port(addr: &str, port: u16) -> String {
     }
 }
 
-fn resolve(args: &AgentArgs) -> Result<Resolved> {
-    let joining = !args.retry_join.is_empty();
-    let bootstrap_expect = match (args.dev, args.server, args.bootstrap_expect, joining) {
-        (true, _, Some(n), _) if n != 1 => bail!("--dev runs a single server; drop --bootstrap-expect {n}"),
-        (true, _, _, true) => bail!("--dev runs alone; drop --retry-join or --dev"),
-        (true, _, _, _) => 1,
-        (false, _, Some(0), _) => bail!("--bootstrap-expect must be at least 1"),
-        (false, _, Some(n), _) => n,
-        // A server or client that only joins.
-        (false, _, None, true) => 0,
-        // Plain `wharf agent`: the embedded single-node default.
-        (false, _, None, false) => 1,
-    };
-    let voter = args.server || args.dev || bootstrap_expect > 0;
-    if bootstrap_expect > 1 && !joining {
-        bail!("--bootstrap-expect {bootstrap_expect} needs --retry-join with the other servers' addresses");
+/// How this agent takes part in the cluster, from the mode flags alone (pure).
+#[derive(Debug, PartialEq)]
+struct Role {
+    /// Servers to wait for before bootstrapping; 0 = only join an existing cluster.
+    bootstrap_expect: usize,
+    voter: bool,
+    joins: Vec<String>,
+    /// Runs alone on loopback unless told otherwise (dev mode or the embedded default).
+    alone: bool,
+}
+
+fn role(args: &AgentArgs, file: &FileConfig) -> Result<Role> {
+    let server = args.server || file.server.unwrap_or(false);
+    let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
+    let expect = args.bootstrap_expect.or(file.bootstrap_expect);
+    let mut joins: Vec<String> = Vec::new();
+    for j in args.retry_join.iter().chain(&args.join).chain(&file.retry_join) {
+        if !joins.contains(j) {
+            joins.push(j.clone());
+        }
     }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let joining = !joins.is_empty();
+    if bootstrap && expect.is_some() {
+        bail!("-bootstrap and -bootstrap-expect cannot both be given: -bootstrap means -bootstrap-expect=1");
+    }
+    if (bootstrap || expect.is_some()) && !server && !args.dev {
+        bail!("-bootstrap and -bootstrap-expect need server mode: add -server");
+    }
+    let bootstrap_expect = match (args.dev, expect, joining) {
+        (true, Some(n), _) if n != 1 => bail!("--dev runs a single server; drop --bootstrap-expect {n}"),
+        (true, _, true) => bail!("--dev runs alone; drop --retry-join/--join or --dev"),
+        (true, _, _) => 1,
+        (false, Some(0), _) => bail!("--bootstrap-expect must be at least 1"),
+        (false, Some(n), _) => n,
+        (false, None, _) if bootstrap => 1,
+        // A server or client that only joins.
+        (false, None, true) => 0,
+        // Plain `wharf agent` or `-server` alone: the embedded single-node default.
+        (false, None, false) => 1,
+    };
+    let alone = args.dev || (!joining && bootstrap_expect == 1 && !server);
+    Ok(Role { bootstrap_expect, voter: server || args.dev || bootstrap_expect > 0, joins, alone })
+}
+
+/// Consul's private IPv4 ranges (RFC 1918 and RFC 6598's shared space).
+fn is_private_v4(ip: std::net::Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_private() || (o[0] == 100 && (64..128).contains(&o[1]))
+}
+
+/// The address to advertise when bound to all interfaces: the host's one private IPv4
+/// address, as Consul picks it. Several are an error naming them, since any choice could
+/// be the one the other hosts cannot reach.
+fn private_ipv4(addrs: &[IpAddr]) -> Result<Option<IpAddr>> {
+    let mut private: Vec<IpAddr> = Vec::new();
+    for a in addrs {
+        if let IpAddr::V4(v4) = a
+            && is_private_v4(*v4)
+            && !private.contains(a)
+        {
+            private.push(*a);
+        }
+    }
+    match private.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => bail!(
+            "several private IPv4 addresses found ({}): choose the one other agents reach with -advertise (or -bind)",
+            many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn interface_addrs() -> Vec<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(list) => {
+            list.filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))).collect()
+        }
+        Err(e) => {
+            tracing::warn!("cannot list network interfaces ({e}); advertising 127.0.0.1: set -advertise");
+            Vec::new()
+        }
+    }
+}
+
+/// The cluster key: `--cluster-key`, else `-encrypt`'s key, else one kept in the data dir
+/// for an agent that runs alone, else none (an unauthenticated cluster, warned about).
+fn cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir: &Path) -> Result<String> {
+    if let Some(k) = &args.cluster_key {
+        if k.len() < 16 {
+            bail!("--cluster-key must be at least 16 characters");
+        }
+        return Ok(k.clone());
+    }
+    if let Some(k) = args.encrypt.as_ref().or(file.encrypt.as_ref()) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(k.trim())
+            .map_err(|e| anyhow!("-encrypt: the key is not base64 ({e}); make one with `wharf keygen`"))?;
+        if ![16, 24, 32].contains(&bytes.len()) {
+            bail!("-encrypt: the key is {} bytes; it must be 16, 24 or 32 (make one with `wharf keygen`)", bytes.len());
+        }
+        return Ok(k.trim().to_string());
+    }
+    if alone {
+        return persistent_value(&data_dir.join("cluster-key"), || {
+            (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+        });
+    }
+    tracing::warn!(
+        "NO CLUSTER KEY: node-to-node traffic on the Raft port is neither authenticated nor encrypted, so anyone \
+         who reaches it can join or rewrite the catalog. Give every agent the same -encrypt key (`wharf keygen`)."
+    );
+    Ok(String::new())
+}
+
+fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
+    let Role { bootstrap_expect, voter, joins, alone } = role(args, file)?;
+    let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}: choose another with --data-dir", data_dir.display()))?;
-    let node_uuid = persistent_value(&data_dir.join("node-id"), || uuid::Uuid::new_v4().to_string())?;
+    let node_uuid = match args.node_id.as_ref().or(file.node_id.as_ref()) {
+        Some(id) => id.clone(),
+        None => persistent_value(&data_dir.join("node-id"), || uuid::Uuid::new_v4().to_string())?,
+    };
     let node_uuid: uuid::Uuid = node_uuid.parse().with_context(|| {
-        format!("{} does not hold a UUID; delete it to get a new node ID", data_dir.join("node-id").display())
+        format!(
+            "node ID {node_uuid:?} is not a UUID: pass one with -node-id, or delete {} to get a new one",
+            data_dir.join("node-id").display()
+        )
     })?;
-    let cluster_key = match &args.cluster_key {
-        Some(k) if k.len() < 16 => bail!("--cluster-key must be at least 16 characters"),
-        Some(k) => k.clone(),
-        None if joining || bootstrap_expect > 1 => {
-            bail!("a cluster needs a shared secret: pass the same --cluster-key (or WHARF_CLUSTER_KEY) to every member")
-        }
-        None => persistent_value(&data_dir.join("cluster-key"), || {
-            (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
-        })?,
-    };
-    let advertise = match args.advertise {
+    let cluster_key = cluster_key(args, file, alone, &data_dir)?;
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let bind = args.bind.or(file.bind_addr).unwrap_or(if alone { loopback } else { IpAddr::from([0, 0, 0, 0]) });
+    let advertise = match args.advertise.or(file.advertise_addr) {
         Some(ip) => ip,
-        None if args.bind.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-        None => args.bind,
+        None if bind.is_unspecified() => private_ipv4(&interface_addrs())?.unwrap_or(loopback),
+        None => bind,
     };
-    let node_name = args.node.clone().unwrap_or_else(hostname);
-    let raft_addr = SocketAddr::new(advertise, args.raft_port).to_string();
-    let http_addr = SocketAddr::new(args.client, args.http_port);
+    if args.ui || file.ui.unwrap_or(false) {
+        tracing::warn!("-ui: the web UI is not part of this build yet; the HTTP API is served without it");
+    }
+    let node_name = args.node.clone().or_else(|| file.node_name.clone()).unwrap_or_else(hostname);
+    let raft_port = args.raft_port.or(file.server_port).unwrap_or(8300);
+    let raft_addr = SocketAddr::new(advertise, raft_port).to_string();
+    let client = args.client.or(file.client_addr).unwrap_or(loopback);
+    let http_addr = SocketAddr::new(client, args.http_port.or(file.http_port).unwrap_or(8500));
+    let datacenter = args.datacenter.clone().or_else(|| file.datacenter.clone()).unwrap_or_else(|| "dc1".into());
     let info = AgentInfo {
         node_name,
         node_id: node_uuid.to_string(),
-        datacenter: args.datacenter.clone(),
+        datacenter: datacenter.clone(),
         advertise: advertise.to_string(),
         raft_addr: raft_addr.clone(),
         http_addr: http_addr.to_string(),
@@ -335,7 +479,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         data_dir: data_dir.clone(),
         cluster_key,
         bootstrap_expect,
-        retry_join: args.retry_join.iter().map(|a| with_default_port(a, 8300)).collect(),
+        retry_join: joins.iter().map(|a| with_default_port(a, 8300)).collect(),
         voter,
         snapshot_threshold: args.raft_snapshot_threshold,
     };
@@ -372,7 +516,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
             header_timeout: args.proxy_header_timeout,
         })
     };
-    let dns = dns_config(args)?;
+    let dns = dns_config(args, file, &datacenter, client)?;
     let plugin_host = match &args.plugin_dir {
         Some(dir) => Some(crate::wasm::plugin_host(dir, args.plugin_memory)?),
         None => None,
@@ -388,7 +532,7 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
     });
     Ok(Resolved {
         check_policy: discovery::health::CheckPolicy {
-            enable_script_checks: args.enable_script_checks,
+            enable_script_checks: args.enable_script_checks.or(file.enable_script_checks).unwrap_or(false),
             wasm: plugin_host
                 .clone()
                 .map(|h| Arc::new(crate::wasm::WasmChecks(h)) as Arc<dyn discovery::health::WasmRunner>),
@@ -399,30 +543,31 @@ fn resolve(args: &AgentArgs) -> Result<Resolved> {
         info,
         raft,
         http_addr,
-        raft_bind: SocketAddr::new(args.bind, args.raft_port),
+        raft_bind: SocketAddr::new(bind, raft_port),
         data_dir,
-        config_dirs: args.config_dir.clone(),
+        config: crate::config_dir::Sources { files: args.config_file.clone(), dirs: args.config_dir.clone() },
+        alone,
         dns,
         templates: args.templates.clone(),
     })
 }
 
 /// The DNS flags, validated (`None` with --no-dns).
-fn dns_config(args: &AgentArgs) -> Result<Option<DnsConfig>> {
+fn dns_config(args: &AgentArgs, file: &FileConfig, datacenter: &str, client: IpAddr) -> Result<Option<DnsConfig>> {
     if args.no_dns {
         return Ok(None);
     }
     let options = DnsOptions {
-        addr: args.dns_addr,
-        port: args.dns_port,
-        domain: args.domain.clone(),
+        addr: args.dns_addr.unwrap_or(client),
+        port: args.dns_port.or(file.dns_port).unwrap_or(8600),
+        domain: args.domain.clone().or_else(|| file.domain.clone()).unwrap_or_else(|| "consul".into()),
         alt_domain: args.alt_domain.clone(),
-        datacenter: args.datacenter.clone(),
+        datacenter: datacenter.to_string(),
         only_passing: args.dns_only_passing,
         a_record_limit: args.dns_a_record_limit,
         node_ttl: args.dns_node_ttl.clone(),
         service_ttl: args.dns_service_ttl.clone(),
-        recursors: args.recursor.clone(),
+        recursors: args.recursor.iter().chain(&file.recursors).cloned().collect(),
         threads: args.dns_threads,
     };
     Ok(Some(DnsConfig::new(&options)?))
@@ -458,8 +603,9 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
-/// Registers this agent's node and its liveness check (Consul's serfHealth), retrying
-/// until a leader accepts it.
+/// Registers this agent's node and its liveness check (Consul's serfHealth), and on a
+/// server Consul's own `consul` service (its Raft port), so `consul.service.consul` lists
+/// the servers; retries until a leader accepts it.
 async fn register_self(cluster: &dyn Cluster, info: &AgentInfo, mut stop: watch::Receiver<bool>) {
     let check = HealthCheck {
         node: info.node_name.clone(),
@@ -469,9 +615,18 @@ async fn register_self(cluster: &dyn Cluster, info: &AgentInfo, mut stop: watch:
         output: "Agent alive and reachable".into(),
         ..Default::default()
     };
+    let port = info.raft_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(8300);
+    let consul = info.server.then(|| discovery::model::Service {
+        id: "consul".into(),
+        service: "consul".into(),
+        port,
+        weights: discovery::model::Weights { passing: 1, warning: 1 },
+        datacenter: info.datacenter.clone(),
+        ..Default::default()
+    });
     let cmd = Command::Register {
         node: info.self_node(),
-        service: None,
+        service: consul,
         checks: vec![check],
         skip_node_update: false,
         replace_service_checks: false,
@@ -488,17 +643,33 @@ async fn register_self(cluster: &dyn Cluster, info: &AgentInfo, mut stop: watch:
     }
 }
 
-pub fn run(args: AgentArgs) -> Result<()> {
-    let r = resolve(&args)?;
+/// Runs the agent: reads its config files, starts logging at `log_level` (the command
+/// line's, else the files' `log_level`, else info), resolves the settings and serves.
+pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
+    let files = crate::agent_config::config_files(&args.config_file, &args.config_dir).map_err(|e| anyhow!(e))?;
+    let local = std::env::var("WHARF_LOCAL_CONFIG").or_else(|_| std::env::var("CONSUL_LOCAL_CONFIG")).ok();
+    let file = crate::agent_config::load(&files, local.as_deref()).map_err(|e| anyhow!(e))?;
+    crate::init_logging(log_level.or(file.log_level.as_deref()).unwrap_or("info"));
+    let mut args = args;
+    let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(default_data_dir);
+    args.retry_join.extend(crate::rejoin::take(&data_dir)?);
+    let r = resolve(&args, &file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wharf")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(r))
+    let restart = runtime.block_on(serve(r))?;
+    drop(runtime);
+    if restart {
+        return crate::rejoin::restart();
+    }
+    Ok(())
 }
 
-async fn serve(r: Resolved) -> Result<()> {
+/// Serves until a signal or `leave`; `Ok(true)` when the agent must restart itself to join
+/// another cluster.
+async fn serve(r: Resolved) -> Result<bool> {
     // Bind both ports first, so a busy port fails the start loudly.
     let raft_listener = bind(r.raft_bind, "Raft port").await?;
     let http_listener = bind(r.http_addr, "HTTP API").await?;
@@ -605,17 +776,18 @@ async fn serve(r: Resolved) -> Result<()> {
         tokio::spawn(watcher.run(stop_rx.clone()));
     }
     let policy = r.check_policy.clone();
-    let reload = |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, dirs: Vec<PathBuf>, data_dir: PathBuf| {
-        let policy = policy.clone();
-        async move {
-            if dirs.is_empty() {
-                return Ok("no --config-dir given; nothing to reload".to_string());
+    let reload =
+        |cluster: Arc<dyn Cluster>, info: Arc<AgentInfo>, sources: crate::config_dir::Sources, data_dir: PathBuf| {
+            let policy = policy.clone();
+            async move {
+                if sources.is_empty() {
+                    return Ok("no --config-dir or --config-file given; nothing to reload".to_string());
+                }
+                crate::config_dir::sync(&sources, &data_dir, &info, &policy, cluster.as_ref()).await
             }
-            crate::config_dir::sync(&dirs, &data_dir, &info, &policy, cluster.as_ref()).await
-        }
-    };
-    if !r.config_dirs.is_empty() {
-        let summary = reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone())
+        };
+    if !r.config.is_empty() {
+        let summary = reload(cluster.clone(), info.clone(), r.config.clone(), r.data_dir.clone())
             .await
             .context("loading --config-dir")?;
         tracing::info!("{summary}");
@@ -625,6 +797,7 @@ async fn serve(r: Resolved) -> Result<()> {
         .context("cannot install the SIGHUP handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
+    let mut restart = false;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -635,7 +808,7 @@ async fn serve(r: Resolved) -> Result<()> {
                         Err(e) => tracing::error!("SIGHUP: TLS certificates unchanged: {e}"),
                     }
                 }
-                match reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone()).await {
+                match reload(cluster.clone(), info.clone(), r.config.clone(), r.data_dir.clone()).await {
                     Ok(s) => tracing::info!("SIGHUP: {s}"),
                     Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {e:#}"),
                 }
@@ -644,11 +817,31 @@ async fn serve(r: Resolved) -> Result<()> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); break; }
             msg = control_rx.recv() => match msg {
                 Some(AgentControl::Reload(reply)) => {
-                    let res = reload(cluster.clone(), info.clone(), r.config_dirs.clone(), r.data_dir.clone())
+                    let res = reload(cluster.clone(), info.clone(), r.config.clone(), r.data_dir.clone())
                         .await
                         .map_err(|e| format!("{e:#}"));
                     if let Err(e) = &res { tracing::error!("reload failed, catalog unchanged: {e}"); }
                     let _ = reply.send(res);
+                }
+                Some(AgentControl::Join(addr, reply)) => {
+                    let target = with_default_port(&addr, 8300);
+                    match crate::rejoin::join(&node, r.alone, &target, &r.data_dir).await {
+                        Ok(crate::rejoin::Joined::Restart) => {
+                            tracing::info!(%target, "join: restarting to leave this one-agent cluster for the one at {target}");
+                            let _ = reply.send(Ok(format!("restarting to join {target}")));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            restart = true;
+                            break;
+                        }
+                        Ok(outcome) => {
+                            tracing::info!(%target, ?outcome, "join");
+                            let _ = reply.send(Ok(format!("{outcome:?}")));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%target, "join failed: {e}");
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
                 Some(AgentControl::Leave(reply)) => {
                     tracing::info!("leave requested: leaving the cluster");
@@ -669,5 +862,84 @@ async fn serve(r: Resolved) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http_server).await;
     node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_server).await;
-    Ok(())
+    Ok(restart)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: AgentArgs,
+    }
+
+    fn args(line: &str) -> AgentArgs {
+        let words = std::iter::once("wharf".to_string()).chain(line.split_whitespace().map(str::to_string));
+        T::parse_from(crate::normalize_args(words)).a
+    }
+
+    fn role_of(line: &str) -> Result<Role> {
+        role(&args(line), &FileConfig::default())
+    }
+
+    #[test]
+    fn tutorial_mode_flags() {
+        // Seed 000: one server in bootstrap mode.
+        let r = role_of("-server -bootstrap -ui -client=0.0.0.0").expect("valid");
+        assert_eq!((r.bootstrap_expect, r.voter, r.alone), (1, true, false));
+        // Seed 003: node1 waits for 3 servers; node2 only joins it; node4 is a client.
+        let r = role_of("-server -bind=172.17.0.2 -bootstrap-expect=3 -node=node1").expect("valid");
+        assert_eq!((r.bootstrap_expect, r.voter, r.alone), (3, true, false));
+        let r = role_of("-server -bind=172.17.0.3 -join=172.17.0.2 -node=node2").expect("valid");
+        assert_eq!((r.bootstrap_expect, r.voter, r.joins.as_slice()), (0, true, &["172.17.0.2".to_string()][..]));
+        let r = role_of("-bind=172.17.0.5 -retry-join=172.17.0.2 -node=node4").expect("valid");
+        assert_eq!((r.bootstrap_expect, r.voter), (0, false));
+        // Plain `wharf agent` and -dev: alone on loopback.
+        assert!(role_of("").expect("valid").alone);
+        assert!(role_of("-dev").expect("valid").alone);
+    }
+
+    #[test]
+    fn conflicting_mode_flags_are_refused() {
+        let e = role_of("-server -bootstrap -bootstrap-expect=3").expect_err("conflict");
+        assert!(e.to_string().contains("cannot both be given"), "{e}");
+        let e = role_of("-bootstrap-expect=3").expect_err("needs -server");
+        assert!(e.to_string().contains("add -server"), "{e}");
+        let e = role_of("-dev -retry-join=a").expect_err("dev alone");
+        assert!(e.to_string().contains("--dev runs alone"), "{e}");
+    }
+
+    #[test]
+    fn config_file_settings_sit_under_flags() {
+        let mut file = FileConfig::default();
+        file.merge_json("s.json", r#"{"server": true, "bootstrap_expect": 3, "retry_join": ["consul1"]}"#)
+            .expect("valid");
+        let r = role(&args(""), &file).expect("valid");
+        assert_eq!((r.bootstrap_expect, r.voter, r.alone), (3, true, false));
+        let r = role(&args("-retry-join=consul2"), &file).expect("valid");
+        assert_eq!(r.joins, ["consul2", "consul1"], "flags first, lists joined");
+    }
+
+    #[test]
+    fn script_checks_flag_takes_go_booleans() {
+        assert_eq!(args("-enable-script-checks=true").enable_script_checks, Some(true));
+        assert_eq!(args("-enable-script-checks").enable_script_checks, Some(true));
+        assert_eq!(args("-enable-script-checks=false").enable_script_checks, Some(false));
+        assert_eq!(args("").enable_script_checks, None);
+        assert!(T::try_parse_from(["wharf", "--enable-script-checks=maybe"]).is_err());
+    }
+
+    #[test]
+    fn advertise_picks_the_one_private_ipv4() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let a = IpAddr::from([172, 18, 0, 3]);
+        let public = IpAddr::from([8, 8, 8, 8]);
+        assert_eq!(private_ipv4(&[lo, public, a]).expect("one"), Some(a));
+        assert_eq!(private_ipv4(&[lo]).expect("none"), None);
+        let e = private_ipv4(&[a, IpAddr::from([10, 0, 0, 1])]).expect_err("several");
+        assert!(e.to_string().contains("172.18.0.3") && e.to_string().contains("-advertise"), "{e}");
+    }
 }

@@ -144,24 +144,84 @@ fn key_path(key: &str) -> String {
         .join("/")
 }
 
-pub async fn members(c: &Client) -> Result<()> {
+/// `wharf version`, shaped like `consul version`.
+pub fn version() {
+    println!("wharf v{}", env!("CARGO_PKG_VERSION"));
+    println!("Consul HTTP API v1 and DNS interface compatible; Raft protocol 3 (openraft)");
+}
+
+/// `wharf keygen`: 32 random bytes from a cryptographically secure generator (seeded by the
+/// operating system), base64.
+pub fn keygen() {
+    let key: [u8; 32] = rand::random();
+    println!("{}", STANDARD.encode(key));
+}
+
+/// `wharf validate PATH...`: every file (or directory of `*.json` files) parses, every key
+/// is known and every definition is valid.
+pub fn validate(paths: &[PathBuf]) -> Result<()> {
+    let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| p.is_dir());
+    let sources = crate::config_dir::Sources { files, dirs };
+    let defs = crate::config_dir::read_definitions(&sources, "validate", "dc1", None)?;
+    println!("Configuration is valid! ({} services, {} checks)", defs.services.len(), defs.checks.len());
+    Ok(())
+}
+
+pub async fn join(c: &Client, addresses: &[String]) -> Result<()> {
+    let mut joined = 0;
+    for addr in addresses {
+        match c.ok(reqwest::Method::PUT, &format!("/v1/agent/join/{}", key_path(addr)), None).await {
+            Ok(_) => joined += 1,
+            Err(e) => eprintln!("Error joining address '{addr}': {e:#}"),
+        }
+    }
+    if joined == 0 {
+        bail!("Failed to join any nodes.");
+    }
+    println!("Successfully joined cluster by contacting {joined} nodes.");
+    Ok(())
+}
+
+pub async fn force_leave(c: &Client, node: &str) -> Result<()> {
+    c.ok(reqwest::Method::PUT, &format!("/v1/agent/force-leave/{}", key_path(node)), None).await?;
+    println!("Node {node} has left the cluster");
+    Ok(())
+}
+
+pub async fn members(c: &Client, detailed: bool) -> Result<()> {
     let v = c.json("/v1/agent/members").await?;
+    if detailed {
+        let mut rows = vec![vec!["Node".into(), "Address".into(), "Status".into(), "Tags".into()]];
+        for m in v.as_array().into_iter().flatten() {
+            let tags: Vec<String> =
+                m["Tags"].as_object().into_iter().flatten().map(|(k, t)| format!("{k}={}", s(t))).collect();
+            let addr = format!("{}:{}", s(&m["Addr"]), s(&m["Port"]));
+            rows.push(vec![s(&m["Name"]), addr, member_status(&m["Status"]).into(), tags.join(",")]);
+        }
+        print_table(rows);
+        return Ok(());
+    }
     let mut rows =
         vec![vec!["Node".into(), "Address".into(), "Status".into(), "Type".into(), "Build".into(), "DC".into()]];
     for m in v.as_array().into_iter().flatten() {
-        let status = match m["Status"].as_u64() {
-            Some(1) => "alive",
-            Some(2) => "leaving",
-            Some(3) => "left",
-            Some(4) => "failed",
-            _ => "unknown",
-        };
+        let status = member_status(&m["Status"]);
         let role = if m["Tags"]["role"] == "consul" { "server" } else { "client" };
         let addr = format!("{}:{}", s(&m["Addr"]), s(&m["Port"]));
         rows.push(vec![s(&m["Name"]), addr, status.into(), role.into(), s(&m["Tags"]["build"]), s(&m["Tags"]["dc"])]);
     }
     print_table(rows);
     Ok(())
+}
+
+/// Serf's member status codes.
+fn member_status(v: &Value) -> &'static str {
+    match v.as_u64() {
+        Some(1) => "alive",
+        Some(2) => "leaving",
+        Some(3) => "left",
+        Some(4) => "failed",
+        _ => "unknown",
+    }
 }
 
 pub async fn catalog(c: &Client, cmd: CatalogCmd) -> Result<()> {

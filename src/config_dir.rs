@@ -1,4 +1,4 @@
-//! Service and check definitions from `--config-dir`, in Consul's JSON format
+//! Service and check definitions from `--config-dir` and `--config-file`, in Consul's JSON format
 //! (`{"service": {...}}`, `{"services": [...]}`, `{"check": ...}`, `{"checks": [...]}`).
 //!
 //! Loading is all-or-nothing: every file is parsed and validated before anything is
@@ -31,38 +31,43 @@ struct Registered {
     checks: BTreeSet<String>,
 }
 
-fn json_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for dir in dirs {
-        let entries = std::fs::read_dir(dir).with_context(|| {
-            format!("cannot read config dir {}: check that it exists and is readable", dir.display())
-        })?;
-        for entry in entries {
-            let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
-            if path.extension().is_some_and(|e| e == "json") && path.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
+/// Where definitions come from: `-config-file` files and the `*.json` files of `-config-dir`
+/// directories (listed again at every load, so new files are picked up).
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub files: Vec<PathBuf>,
+    pub dirs: Vec<PathBuf>,
 }
 
-/// Reads and validates every definition in `dirs`. Wasm checks must name a plugin of the
-/// agent's `--plugin-dir`, as at the HTTP API.
-pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo, policy: &CheckPolicy) -> Result<Definitions> {
+impl Sources {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+}
+
+/// Reads and validates every definition of `sources`, and every agent setting beside them
+/// (an unknown key fails the load). Wasm checks must name a plugin of the agent's
+/// `--plugin-dir`, as at the HTTP API; without a `policy` (`wharf validate`) they are not
+/// checked against one.
+pub fn read_definitions(
+    sources: &Sources,
+    node: &str,
+    datacenter: &str,
+    policy: Option<&CheckPolicy>,
+) -> Result<Definitions> {
+    let files = crate::agent_config::config_files(&sources.files, &sources.dirs).map_err(|e| anyhow!(e))?;
+    crate::agent_config::load(&files, None).map_err(|e| anyhow!(e))?;
+    let wasm_allowed = |checks: &[HealthCheck]| policy.map_or(Ok(()), |p| wasm_allowed(p, checks));
     let mut defs = Definitions { services: Vec::new(), checks: Vec::new() };
-    for file in json_files(dirs)? {
+    for file in files {
         let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
         let raw: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", file.display()))?;
         let parsed: ConfigFile = decode_value(raw).map_err(|e| anyhow!("{}: {e}", file.display()))?;
         let (services, checks) = parsed.all_services();
         for reg in services {
-            let (svc, checks) = reg
-                .into_records(&agent.node_name, &agent.datacenter)
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            wasm_allowed(policy, &checks).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let (svc, checks) = reg.into_records(node, datacenter).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            wasm_allowed(&checks).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             defs.services.push((svc, checks));
         }
         for reg in checks {
@@ -77,10 +82,9 @@ pub fn read_definitions(dirs: &[PathBuf], agent: &AgentInfo, policy: &CheckPolic
                 );
             }
             let id = reg.name.clone();
-            let check = reg
-                .into_check(&agent.node_name, None, id, String::new())
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            wasm_allowed(policy, std::slice::from_ref(&check)).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let check =
+                reg.into_check(node, None, id, String::new()).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            wasm_allowed(std::slice::from_ref(&check)).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             defs.checks.push(check);
         }
     }
@@ -114,13 +118,13 @@ async fn write_ok(cluster: &dyn Cluster, cmd: Command) -> Result<()> {
 
 /// Loads the config dirs and makes the catalog match them. Returns a one-line summary.
 pub async fn sync(
-    dirs: &[PathBuf],
+    sources: &Sources,
     data_dir: &Path,
     agent: &AgentInfo,
     policy: &CheckPolicy,
     cluster: &dyn Cluster,
 ) -> Result<String> {
-    let defs = read_definitions(dirs, agent, policy)?;
+    let defs = read_definitions(sources, &agent.node_name, &agent.datacenter, Some(policy))?;
     let path = state_file(data_dir);
     let previous: Registered = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),

@@ -5,8 +5,10 @@
 //! its runtimes too), and client commands run on a small one of their own.
 
 mod agent;
+mod agent_config;
 mod cli;
 mod config_dir;
+mod rejoin;
 mod template_cmd;
 mod template_http;
 mod template_runner;
@@ -23,12 +25,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "wharf", version, about = "Service discovery, health checks and a reload-free proxy in one binary")]
 struct Cli {
-    /// HTTP API address of the agent to talk to (also WHARF_HTTP_ADDR or CONSUL_HTTP_ADDR).
-    #[arg(long = "http-addr", global = true, value_name = "ADDR")]
+    /// HTTP API address of the agent to talk to (also WHARF_HTTP_ADDR or CONSUL_HTTP_ADDR;
+    /// consul-template's -consul-addr is the same).
+    #[arg(long = "http-addr", alias = "consul-addr", global = true, value_name = "ADDR")]
     http_addr: Option<String>,
-    /// Log filter (e.g. info, debug, discovery=debug); also RUST_LOG.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log filter (e.g. info, debug, discovery=debug; Consul's INFO, WARN, ERR too); also
+    /// RUST_LOG. Default: the config files' log_level, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -37,8 +41,28 @@ struct Cli {
 enum Cmd {
     /// Run the agent: catalog server, HTTP API and Raft.
     Agent(Box<agent::AgentArgs>),
-    /// List the cluster's members.
-    Members,
+    /// Print wharf's version.
+    Version,
+    /// List the cluster's members (-detailed: every tag).
+    Members {
+        #[arg(long)]
+        detailed: bool,
+    },
+    /// Tell the local agent to join the cluster of the agent at each address.
+    Join {
+        /// Host name or IP of an agent, optionally :port (default 8300).
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Remove a failed node, and everything registered on it, from the cluster's catalog.
+    ForceLeave { node: String },
+    /// Generate a new cluster encryption key (32 random bytes, base64) for -encrypt.
+    Keygen,
+    /// Check config files and directories (agent settings and definitions) without starting.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Read the catalog.
     Catalog {
         #[command(subcommand)]
@@ -68,7 +92,7 @@ enum Cmd {
 
 /// Accepts consul's single-dash long flags (`-recurse`, `-http-addr=x`) by rewriting
 /// them to clap's `--recurse`. Stops at `--`, after which arguments are taken verbatim.
-fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
+pub(crate) fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut verbatim = false;
     for a in args {
@@ -94,7 +118,12 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
-fn init_logging(level: &str) {
+/// Starts logging to stderr at `level` (Consul's level names are accepted too).
+pub(crate) fn init_logging(level: &str) {
+    let level = match level.to_ascii_lowercase().as_str() {
+        "err" => "error".to_string(),
+        other => other.to_string(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // hickory-server logs every DNS query at info.
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn,hickory_server=warn")))
@@ -108,8 +137,12 @@ fn run_client(c: Cli) -> Result<()> {
     let client = cli::Client::new(cli::api_base(c.http_addr.as_deref()));
     runtime.block_on(async {
         match c.cmd {
-            Cmd::Agent(_) | Cmd::Template(_) | Cmd::Export(_) => unreachable!("handled in main"),
-            Cmd::Members => cli::members(&client).await,
+            Cmd::Agent(_) | Cmd::Template(_) | Cmd::Export(_) | Cmd::Version | Cmd::Keygen | Cmd::Validate { .. } => {
+                unreachable!("handled in main")
+            }
+            Cmd::Members { detailed } => cli::members(&client, detailed).await,
+            Cmd::Join { addresses } => cli::join(&client, &addresses).await,
+            Cmd::ForceLeave { node } => cli::force_leave(&client, &node).await,
             Cmd::Catalog { cmd } => cli::catalog(&client, cmd).await,
             Cmd::Services { cmd } => cli::services(&client, cmd).await,
             Cmd::Kv { cmd } => cli::kv(&client, cmd).await,
@@ -123,12 +156,18 @@ fn run_client(c: Cli) -> Result<()> {
 fn main() {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     let result = match cli.cmd {
-        Cmd::Agent(args) => {
-            init_logging(&cli.log_level);
-            agent::run(*args)
+        Cmd::Agent(args) => agent::run(*args, cli.log_level.as_deref()),
+        Cmd::Version => {
+            cli::version();
+            Ok(())
         }
+        Cmd::Keygen => {
+            cli::keygen();
+            Ok(())
+        }
+        Cmd::Validate { paths } => cli::validate(&paths),
         Cmd::Template(args) => {
-            init_logging(&cli.log_level);
+            init_logging(cli.log_level.as_deref().unwrap_or("info"));
             template_cmd::run(*args, cli::api_base(cli.http_addr.as_deref()))
         }
         Cmd::Export(args) => template_cmd::export(args, cli::api_base(cli.http_addr.as_deref())),

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::duration::parse_go_duration;
 use crate::model::{CheckDefinition, CheckStatus, HealthCheck, Node, Service, Weights};
@@ -44,6 +44,7 @@ const CANONICAL_KEYS: &[&str] = &[
     "GRPC",
     "GRPCUseTLS",
     "Args",
+    "Script",
     "Wasm",
     "Module",
     "Config",
@@ -82,6 +83,8 @@ fn canonical_key(raw: &str) -> Option<&'static str> {
 }
 
 /// Rewrites object keys to their canonical spelling, recursively, leaving user maps alone.
+/// Consul's legacy `"script": "CMD"` becomes `"Args": ["/bin/sh", "-c", "CMD"]`, as old
+/// Consul ran it through the shell.
 pub fn normalize_keys(value: Value) -> Value {
     match value {
         Value::Object(map) => {
@@ -90,6 +93,13 @@ pub fn normalize_keys(value: Value) -> Value {
                 let key = canonical_key(&k).map(str::to_string).unwrap_or(k);
                 let v = if VERBATIM_MAPS.contains(&key.as_str()) { v } else { normalize_keys(v) };
                 out.insert(key, v);
+            }
+            if let Some(Value::String(script)) = out.get("Script")
+                && !out.contains_key("Args")
+            {
+                let args = json!(["/bin/sh", "-c", script]);
+                out.remove("Script");
+                out.insert("Args".into(), args);
             }
             Value::Object(out)
         }

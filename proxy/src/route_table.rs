@@ -218,6 +218,11 @@ impl TableBuilder {
         let domain = self.settings.domain.trim_matches('.').to_ascii_lowercase();
         let mut live = std::collections::HashSet::new();
         for service in names.keys() {
+            // The servers' own `consul` service (as Consul registers it, for DNS) points at
+            // their Raft ports: never a proxy upstream.
+            if service == "consul" {
+                continue;
+            }
             // All instances decide which routes exist; healthy ones fill the pools, so a
             // route whose instances are all sick answers 503, not 404.
             let (all, _) = state.service_health(service, &[], false);

@@ -81,6 +81,8 @@ pub enum AgentControl {
     Reload(oneshot::Sender<Result<String, String>>),
     /// Leave the cluster gracefully and shut down.
     Leave(oneshot::Sender<()>),
+    /// Join the cluster an agent at this address (`host[:port]`) belongs to.
+    Join(String, oneshot::Sender<Result<String, String>>),
 }
 
 /// Appends Prometheus text for one subsystem (the proxy, later health checks).
@@ -498,6 +500,28 @@ async fn agent_reload(State(st): State<ApiState>) -> ApiResult {
     }
 }
 
+async fn agent_join(State(st): State<ApiState>, Path(address): Path<String>) -> ApiResult {
+    let (tx, rx) = oneshot::channel();
+    st.control
+        .send(AgentControl::Join(address.clone(), tx))
+        .await
+        .map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
+    match rx.await {
+        Ok(Ok(_)) => Ok(empty_ok()),
+        Ok(Err(e)) => Err(ApiError::Internal(format!("Failed to join {address}: {e}"))),
+        Err(_) => Err(ApiError::Internal("agent is shutting down".into())),
+    }
+}
+
+/// Consul's force-leave: the node and everything registered on it leave the catalog.
+async fn agent_force_leave(State(st): State<ApiState>, Path(node): Path<String>) -> ApiResult {
+    if st.catalog.snapshot().node(&node).is_none() {
+        return Err(ApiError::NotFound(format!("Unknown node {node:?}: no member has that name")));
+    }
+    st.cluster.write(Command::DeregisterNode { node }).await?;
+    Ok(empty_ok())
+}
+
 async fn agent_leave(State(st): State<ApiState>) -> ApiResult {
     let (tx, rx) = oneshot::channel();
     st.control.send(AgentControl::Leave(tx)).await.map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
@@ -787,6 +811,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/reload", put(agent_reload))
         .route("/v1/agent/leave", put(agent_leave))
+        .route("/v1/agent/join/{address}", put(agent_join))
+        .route("/v1/agent/force-leave/{node}", put(agent_force_leave))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
         .route("/v1/catalog/nodes", get(catalog_nodes))

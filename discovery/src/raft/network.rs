@@ -51,13 +51,19 @@ pub struct JoinRequest {
     pub voter: bool,
 }
 
-/// What `/raft/info` tells a peer during bootstrap.
+/// What a node tells a peer during bootstrap (`/raft/info`, and both ways on `/raft/hello`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub node_id: NodeId,
     pub raft_addr: String,
     pub initialized: bool,
     pub leader_addr: Option<String>,
+    /// A server (a Raft voter once joined).
+    #[serde(default)]
+    pub voter: bool,
+    /// The servers it waits for before bootstrapping; 0 = it only joins.
+    #[serde(default)]
+    pub bootstrap_expect: usize,
 }
 
 /// HTTP client side shared by Raft RPCs and forwarding.
@@ -278,6 +284,13 @@ async fn info(State(node): State<Arc<RaftNode>>) -> Json<PeerInfo> {
     Json(node.peer_info().await)
 }
 
+/// A peer that is bootstrapping or joining introduces itself, so a server waiting for
+/// `bootstrap_expect` servers learns of the ones that were told to join it.
+async fn hello(State(node): State<Arc<RaftNode>>, Json(from): Json<PeerInfo>) -> Json<PeerInfo> {
+    node.heard_from(from);
+    Json(node.peer_info().await)
+}
+
 /// The Raft port's router. Every route requires the cluster key.
 pub fn router(node: Arc<RaftNode>) -> Router {
     Router::new()
@@ -287,6 +300,7 @@ pub fn router(node: Arc<RaftNode>) -> Router {
         .route("/raft/write", post(forwarded_write))
         .route("/raft/read-index", post(read_index))
         .route("/raft/join", post(join))
+        .route("/raft/hello", post(hello))
         .route("/raft/info", get(info))
         .layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))

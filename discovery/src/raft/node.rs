@@ -62,7 +62,14 @@ pub struct RaftNode {
     client: PeerClient,
     catalog: Catalog,
     last_leader_contact: Mutex<Option<Instant>>,
+    /// Peers that introduced themselves while this node was not yet in a cluster, and when.
+    heard: Mutex<BTreeMap<NodeId, (PeerInfo, Instant)>>,
+    /// Join targets added at run time (`wharf join`), beside `settings.retry_join`.
+    extra_joins: Mutex<Vec<String>>,
 }
+
+/// How long an introduction counts towards `bootstrap_expect`.
+const HEARD_FRESH: Duration = Duration::from_secs(10);
 
 /// How long a forwarded write may take before the client is told.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,6 +113,8 @@ impl RaftNode {
             client,
             catalog: catalog.clone(),
             last_leader_contact: Mutex::new(None),
+            heard: Mutex::new(BTreeMap::new()),
+            extra_joins: Mutex::new(Vec::new()),
         });
         Ok((node, catalog))
     }
@@ -213,7 +222,58 @@ impl RaftNode {
             raft_addr: self.settings.raft_addr.clone(),
             initialized: self.raft.is_initialized().await.unwrap_or(false),
             leader_addr: self.leader_addr(),
+            voter: self.settings.voter,
+            bootstrap_expect: self.settings.bootstrap_expect,
         }
+    }
+
+    /// Asks the agent at `addr` (a Raft address) who it is.
+    pub async fn probe(&self, addr: &str) -> Result<PeerInfo, String> {
+        self.client.get::<PeerInfo>(addr, "/raft/info", Duration::from_secs(3)).await.map_err(|e| e.to_string())
+    }
+
+    /// Raft addresses of every member, voters and learners.
+    pub fn member_addrs(&self) -> Vec<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+    }
+
+    /// The leader's Raft address, when one is known.
+    pub fn current_leader_addr(&self) -> Option<String> {
+        self.leader_addr()
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Records a peer's introduction (see `/raft/hello`).
+    pub fn heard_from(&self, from: PeerInfo) {
+        if from.node_id == self.settings.node_id {
+            return;
+        }
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.retain(|_, (_, at)| at.elapsed() < HEARD_FRESH);
+            heard.insert(from.node_id, (from, Instant::now()));
+        }
+    }
+
+    /// Adds a join target at run time; the bootstrap loop contacts it from now on.
+    pub fn add_join_target(&self, addr: String) {
+        if let Ok(mut extra) = self.extra_joins.lock()
+            && !extra.contains(&addr)
+        {
+            extra.push(addr);
+        }
+    }
+
+    fn join_targets(&self) -> Vec<String> {
+        let mut all = self.settings.retry_join.clone();
+        if let Ok(extra) = self.extra_joins.lock() {
+            all.extend(extra.iter().filter(|a| !self.settings.retry_join.contains(a)).cloned());
+        }
+        all.retain(|a| *a != self.settings.raft_addr);
+        all
     }
 
     /// Bootstraps a new cluster or joins an existing one, as configured. Runs until this
@@ -243,19 +303,21 @@ impl RaftNode {
                 Err(e) => Err(e.to_string()),
             };
         }
-        // Ask every configured peer who they are.
-        let mut peers = vec![PeerInfo {
-            node_id: s.node_id,
-            raft_addr: s.raft_addr.clone(),
-            initialized: false,
-            leader_addr: None,
-        }];
-        for addr in s.retry_join.iter().filter(|a| **a != s.raft_addr) {
-            match self.client.get::<PeerInfo>(addr, "/raft/info", Duration::from_secs(2)).await {
+        // Introduce this node to every join target and learn who they are; add the peers
+        // that introduced themselves here.
+        let mine = self.peer_info().await;
+        let mut peers = vec![mine.clone()];
+        for addr in self.join_targets() {
+            match self.client.post::<_, PeerInfo>(&addr, "/raft/hello", &mine, Duration::from_secs(2)).await {
                 Ok(info) => peers.push(info),
                 Err(e) => tracing::debug!("peer {addr}: {e}"),
             }
         }
+        if let Ok(heard) = self.heard.lock() {
+            peers.extend(heard.values().filter(|(_, at)| at.elapsed() < HEARD_FRESH).map(|(p, _)| p.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        peers.retain(|p| seen.insert(p.node_id));
         // An existing cluster: join it.
         if let Some(existing) = peers.iter().find(|p| p.initialized) {
             let req = JoinRequest { node_id: s.node_id, raft_addr: s.raft_addr.clone(), voter: s.voter };
@@ -265,21 +327,10 @@ impl RaftNode {
                 .map_err(|e| e.to_string())?;
             return Ok(true);
         }
-        if s.bootstrap_expect == 0 || !s.voter {
+        let Some(members) = bootstrap_members(s.node_id, s.bootstrap_expect, &peers) else {
             return Ok(false);
-        }
-        if peers.len() < s.bootstrap_expect {
-            return Ok(false);
-        }
-        // Enough servers and none initialized: the one with the lowest address bootstraps
-        // all of them, so exactly one initial membership is ever proposed.
-        peers.sort_by(|a, b| a.raft_addr.cmp(&b.raft_addr));
-        peers.truncate(s.bootstrap_expect);
-        if peers.first().map(|p| p.node_id) != Some(s.node_id) {
-            return Ok(false);
-        }
-        let members: BTreeMap<NodeId, Node> =
-            peers.iter().map(|p| (p.node_id, Node::new(p.raft_addr.clone()))).collect();
+        };
+        tracing::info!(servers = ?members.values().map(|n| n.addr.clone()).collect::<Vec<_>>(), "bootstrapping the cluster");
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(true),
@@ -444,5 +495,58 @@ impl Cluster for RaftNode {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+}
+
+/// Who bootstraps the cluster, and with whom: once at least `expect` servers (voters) are
+/// known, the one with the lowest address among those that expect a count bootstraps all
+/// known servers, so exactly one initial membership is ever proposed. `None` when this node
+/// should not bootstrap (yet).
+fn bootstrap_members(me: NodeId, expect: usize, peers: &[PeerInfo]) -> Option<BTreeMap<NodeId, Node>> {
+    let mut voters: Vec<&PeerInfo> = peers.iter().filter(|p| p.voter).collect();
+    if expect == 0 || voters.len() < expect {
+        return None;
+    }
+    voters.sort_by(|a, b| a.raft_addr.cmp(&b.raft_addr));
+    let leader = voters.iter().find(|p| p.bootstrap_expect > 0)?;
+    if leader.node_id != me {
+        return None;
+    }
+    Some(voters.iter().map(|p| (p.node_id, Node::new(p.raft_addr.clone()))).collect())
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+
+    fn peer(id: NodeId, addr: &str, voter: bool, expect: usize) -> PeerInfo {
+        PeerInfo {
+            node_id: id,
+            raft_addr: addr.into(),
+            initialized: false,
+            leader_addr: None,
+            voter,
+            bootstrap_expect: expect,
+        }
+    }
+
+    #[test]
+    fn only_the_lowest_expecting_server_bootstraps_once_enough_are_known() {
+        // Seed 003: node1 expects 3, node2 and node3 only join it, node4 is a client.
+        let peers = [
+            peer(1, "10.0.0.4:8300", true, 3),
+            peer(2, "10.0.0.2:8300", true, 0),
+            peer(3, "10.0.0.3:8300", true, 0),
+            peer(4, "10.0.0.1:8300", false, 0),
+        ];
+        let members = bootstrap_members(1, 3, &peers).expect("node1 bootstraps");
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "the client is not a voter");
+        assert_eq!(bootstrap_members(2, 0, &peers), None, "a server that only joins never bootstraps");
+        assert_eq!(bootstrap_members(1, 3, &peers[..2]), None, "two servers known: wait");
+        // Three servers that all expect 3: only the lowest address bootstraps.
+        let all =
+            [peer(1, "10.0.0.3:8300", true, 3), peer(2, "10.0.0.1:8300", true, 3), peer(3, "10.0.0.2:8300", true, 3)];
+        assert_eq!(bootstrap_members(1, 3, &all), None);
+        assert_eq!(bootstrap_members(2, 3, &all).map(|m| m.len()), Some(3));
     }
 }

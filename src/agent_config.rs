@@ -1,0 +1,291 @@
+//! The agent's settings from Consul-style config files (`-config-file`, the `*.json` files of
+//! `-config-dir`, and the `CONSUL_LOCAL_CONFIG` / `WHARF_LOCAL_CONFIG` environment variable
+//! that Consul's Docker image reads). Pure: text in, a [`FileConfig`] out, merged under the
+//! command line's flags (a flag given on the command line wins, lists are joined).
+//!
+//! Every key is either understood or refused with its name and file: a key that was silently
+//! ignored would let a user believe, say, that ACLs were on. Service and check definitions
+//! (`service`, `services`, `check`, `checks`) in the same files are read by `config_dir.rs`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+/// Agent settings read from config files; `None` / empty where no file set them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FileConfig {
+    pub server: Option<bool>,
+    pub bootstrap: Option<bool>,
+    pub bootstrap_expect: Option<usize>,
+    pub retry_join: Vec<String>,
+    pub node_name: Option<String>,
+    pub node_id: Option<String>,
+    pub datacenter: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub client_addr: Option<IpAddr>,
+    pub bind_addr: Option<IpAddr>,
+    pub advertise_addr: Option<IpAddr>,
+    pub ui: Option<bool>,
+    pub enable_script_checks: Option<bool>,
+    pub http_port: Option<u16>,
+    pub dns_port: Option<u16>,
+    pub server_port: Option<u16>,
+    pub recursors: Vec<String>,
+    pub encrypt: Option<String>,
+    pub domain: Option<String>,
+    pub log_level: Option<String>,
+    pub leave_on_terminate: Option<bool>,
+    pub skip_leave_on_interrupt: Option<bool>,
+}
+
+/// Keys that hold service and check definitions, read by the definitions loader.
+const DEFINITION_KEYS: &[&str] = &["service", "services", "check", "checks"];
+
+/// Keys of Consul's that wharf knows but does not implement yet, with what to do instead.
+/// Refused rather than ignored: each one changes what a user believes the agent does.
+fn not_supported(key: &str) -> Option<&'static str> {
+    if key == "acl" || key.starts_with("acl_") {
+        return Some("ACLs are not implemented yet, so this agent cannot enforce tokens; remove the key");
+    }
+    match key {
+        "verify_incoming" | "verify_outgoing" | "ca_file" | "cert_file" | "key_file" => {
+            Some("TLS on the API and between agents is not implemented yet; remove the key")
+        }
+        "retry_join_ec2" | "retry_join_gce" | "retry_join_azure" => {
+            Some("cloud auto-join is not available; list the servers in retry_join")
+        }
+        _ => None,
+    }
+}
+
+fn want_bool(key: &str, v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => parse_bool(s).map_err(|e| format!("{key}: {e}")),
+        other => Err(format!("{key} must be true or false, not {other}")),
+    }
+}
+
+/// Go's strconv.ParseBool spellings, as Consul's flags accept them.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (use true or false)")),
+    }
+}
+
+fn want_str(key: &str, v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(format!("{key} must be a string, not {other}")),
+    }
+}
+
+fn want_uint(key: &str, v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n.as_u64().ok_or_else(|| format!("{key} must be a whole number >= 0, not {n}")),
+        Value::String(s) => s.parse().map_err(|_| format!("{key} must be a whole number >= 0, not {s:?}")),
+        other => Err(format!("{key} must be a number, not {other}")),
+    }
+}
+
+fn want_port(key: &str, v: &Value) -> Result<u16, String> {
+    let n = want_uint(key, v)?;
+    u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| format!("{key} must be a port between 1 and 65535, not {n}"))
+}
+
+fn want_ip(key: &str, v: &Value) -> Result<IpAddr, String> {
+    let s = want_str(key, v)?;
+    s.parse().map_err(|_| format!("{key} must be an IP address, not {s:?}"))
+}
+
+fn want_strings(key: &str, v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::Array(items) => items.iter().map(|i| want_str(key, i)).collect(),
+        Value::String(s) => Ok(vec![s.clone()]),
+        other => Err(format!("{key} must be a list of strings, not {other}")),
+    }
+}
+
+fn want_object<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, String> {
+    v.as_object().ok_or_else(|| format!("{key} must be an object, not {v}"))
+}
+
+impl FileConfig {
+    /// Reads one config file's JSON text into `self` (later files override earlier ones,
+    /// lists are appended, as Consul merges them). `source` names the file in errors.
+    pub fn merge_json(&mut self, source: &str, text: &str) -> Result<(), String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("{source}: invalid JSON: {e}"))?;
+        let map = value.as_object().ok_or_else(|| format!("{source}: a config file must hold a JSON object"))?;
+        // All or nothing: a file with one bad key contributes nothing.
+        let mut next = self.clone();
+        for (key, v) in map {
+            next.merge_key(key, v).map_err(|e| format!("{source}: {e}"))?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    fn merge_key(&mut self, key: &str, v: &Value) -> Result<(), String> {
+        if DEFINITION_KEYS.contains(&key) {
+            return Ok(());
+        }
+        if let Some(why) = not_supported(key) {
+            return Err(format!("config key {key:?}: {why}"));
+        }
+        match key {
+            "server" => self.server = Some(want_bool(key, v)?),
+            "bootstrap" => self.bootstrap = Some(want_bool(key, v)?),
+            "bootstrap_expect" => {
+                let n = want_uint(key, v)?;
+                self.bootstrap_expect = Some(usize::try_from(n).map_err(|_| format!("{key} is too large"))?);
+            }
+            "retry_join" | "start_join" => self.retry_join.extend(want_strings(key, v)?),
+            "node_name" => self.node_name = Some(want_str(key, v)?),
+            "node_id" => self.node_id = Some(want_str(key, v)?),
+            "datacenter" => self.datacenter = Some(want_str(key, v)?),
+            "data_dir" => self.data_dir = Some(PathBuf::from(want_str(key, v)?)),
+            "client_addr" => self.client_addr = Some(want_ip(key, v)?),
+            "bind_addr" => self.bind_addr = Some(want_ip(key, v)?),
+            "advertise_addr" => self.advertise_addr = Some(want_ip(key, v)?),
+            "ui" => self.ui = Some(want_bool(key, v)?),
+            "ui_config" => {
+                for (k, val) in want_object(key, v)? {
+                    match k.as_str() {
+                        "enabled" => self.ui = Some(want_bool("ui_config.enabled", val)?),
+                        other => return Err(format!("unknown config key \"ui_config.{other}\"")),
+                    }
+                }
+            }
+            "enable_script_checks" | "enable_local_script_checks" => {
+                self.enable_script_checks = Some(want_bool(key, v)?)
+            }
+            "ports" => {
+                for (k, val) in want_object(key, v)? {
+                    let name = format!("ports.{k}");
+                    match k.as_str() {
+                        "http" => self.http_port = Some(want_port(&name, val)?),
+                        "dns" => self.dns_port = Some(want_port(&name, val)?),
+                        "server" => self.server_port = Some(want_port(&name, val)?),
+                        "serf_lan" | "serf_wan" | "https" | "grpc" | "grpc_tls" => {
+                            return Err(format!(
+                                "config key \"{name}\": this listener is not implemented yet; remove the key"
+                            ));
+                        }
+                        other => return Err(format!("unknown config key \"ports.{other}\"")),
+                    }
+                }
+            }
+            "recursors" => self.recursors.extend(want_strings(key, v)?),
+            "encrypt" => self.encrypt = Some(want_str(key, v)?),
+            "domain" => self.domain = Some(want_str(key, v)?),
+            "log_level" => self.log_level = Some(want_str(key, v)?),
+            "leave_on_terminate" => self.leave_on_terminate = Some(want_bool(key, v)?),
+            "skip_leave_on_interrupt" => self.skip_leave_on_interrupt = Some(want_bool(key, v)?),
+            other => return Err(format!("unknown config key {other:?}: check its spelling against Consul's docs")),
+        }
+        Ok(())
+    }
+}
+
+/// The files a set of `-config-file` and `-config-dir` arguments name, in Consul's order:
+/// the files as given, then each directory's `*.json` files sorted by name. An `*.hcl` file
+/// in a config dir is refused, since only JSON is read.
+pub fn config_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out: Vec<PathBuf> = files.to_vec();
+    for dir in dirs {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            format!("cannot read config dir {}: {e}; check that it exists and is readable", dir.display())
+        })?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("json") if path.is_file() => found.push(path),
+                Some("hcl") if path.is_file() => {
+                    return Err(format!("{}: HCL config files are not read; write it as JSON", path.display()));
+                }
+                _ => {}
+            }
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Reads every config source: `files` in order, then the local-config environment variable
+/// (`WHARF_LOCAL_CONFIG`, else `CONSUL_LOCAL_CONFIG`, as Consul's image does).
+pub fn load(files: &[PathBuf], local_config: Option<&str>) -> Result<FileConfig, String> {
+    let mut cfg = FileConfig::default();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        cfg.merge_json(&file.display().to_string(), &text)?;
+    }
+    if let Some(text) = local_config.filter(|t| !t.trim().is_empty()) {
+        cfg.merge_json("the CONSUL_LOCAL_CONFIG environment variable", text)?;
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_keys_are_read() {
+        let mut c = FileConfig::default();
+        c.merge_json(
+            "a.json",
+            r#"{"server": true, "bootstrap_expect": 3, "retry_join": ["consul1"], "node_name": "n1",
+                "datacenter": "dc2", "data_dir": "/d", "client_addr": "0.0.0.0", "bind_addr": "10.0.0.2",
+                "ui_config": {"enabled": true}, "enable_script_checks": true,
+                "ports": {"http": 8501, "dns": 8601, "server": 8301}, "recursors": ["1.1.1.1"],
+                "encrypt": "k", "service": {"name": "web"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.server, Some(true));
+        assert_eq!(c.bootstrap_expect, Some(3));
+        assert_eq!(c.retry_join, ["consul1"]);
+        assert_eq!(c.client_addr, Some(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!((c.http_port, c.dns_port, c.server_port), (Some(8501), Some(8601), Some(8301)));
+        assert_eq!(c.ui, Some(true));
+        assert_eq!(c.enable_script_checks, Some(true));
+        c.merge_json("b.json", r#"{"retry_join": ["consul2"], "datacenter": "dc3"}"#).expect("valid");
+        assert_eq!(c.retry_join, ["consul1", "consul2"], "lists are joined");
+        assert_eq!(c.datacenter.as_deref(), Some("dc3"), "later files win");
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_name_key_and_file() {
+        let mut c = FileConfig::default();
+        let e = c.merge_json("/etc/w/x.json", r#"{"server": true, "sever": true}"#).expect_err("typo");
+        assert!(e.contains("/etc/w/x.json") && e.contains("\"sever\""), "{e}");
+        let e = c.merge_json("acl.json", r#"{"acl_master_token": "x"}"#).expect_err("acl");
+        assert!(e.contains("acl.json") && e.contains("acl_master_token") && e.contains("ACLs"), "{e}");
+        let e = c.merge_json("p.json", r#"{"ports": {"htp": 1}}"#).expect_err("port typo");
+        assert!(e.contains("ports.htp"), "{e}");
+        let e = c.merge_json("p.json", r#"{"ports": {"http": 70000}}"#).expect_err("range");
+        assert!(e.contains("ports.http") && e.contains("70000"), "{e}");
+        let e = c.merge_json("b.json", r#"{"server": "yes"}"#).expect_err("bool");
+        assert!(e.contains("server") && e.contains("yes"), "{e}");
+        assert_eq!(c, FileConfig::default(), "a refused file changes nothing it had not set");
+    }
+
+    #[test]
+    fn local_config_env_is_a_source() {
+        let c = load(&[], Some(r#"{"skip_leave_on_interrupt": true}"#)).expect("valid");
+        assert_eq!(c.skip_leave_on_interrupt, Some(true));
+        let e = load(&[], Some(r#"{"nope": 1}"#)).expect_err("unknown");
+        assert!(e.contains("CONSUL_LOCAL_CONFIG") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn go_bools() {
+        assert_eq!(parse_bool("true"), Ok(true));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("yes").is_err());
+    }
+}
