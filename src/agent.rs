@@ -157,8 +157,8 @@ pub struct AgentArgs {
     pub plugin_memory: usize,
 
     /// Watch the local Docker engine (`/var/run/docker.sock`, or DOCKER_HOST): off, auto
-    /// (when the socket exists) or on.
-    #[arg(long, default_value = "auto", value_name = "off|auto|on")]
+    /// (when the socket exists) or on (also WHARF_DOCKER).
+    #[arg(long, default_value = "auto", value_name = "off|auto|on", env = "WHARF_DOCKER")]
     pub docker: discovery::docker::DockerWatch,
     /// Register containers' exposed ports at their container IP instead of published host
     /// ports (Registrator's -internal).
@@ -269,6 +269,8 @@ struct Resolved {
     config: crate::config_dir::Sources,
     /// Runs as its own one-agent cluster (a `wharf join` restarts it into the other one).
     alone: bool,
+    /// The cluster key this agent presents once it is part of a cluster of several.
+    join_key: String,
     /// `None` with --no-dns.
     dns: Option<DnsConfig>,
     templates: crate::template_cmd::AgentTemplateArgs,
@@ -401,8 +403,8 @@ fn interface_addrs() -> Vec<IpAddr> {
 }
 
 /// The cluster key: `--cluster-key`, else `-encrypt`'s key, else one kept in the data dir
-/// for an agent that runs alone, else none (an unauthenticated cluster, warned about).
-fn cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir: &Path) -> Result<String> {
+/// for an agent that runs alone, else none (an unauthenticated cluster; `resolve` warns).
+fn choose_cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir: &Path) -> Result<String> {
     if let Some(k) = &args.cluster_key {
         if k.len() < 16 {
             bail!("--cluster-key must be at least 16 characters");
@@ -423,10 +425,6 @@ fn cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir: &Path
             (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
         });
     }
-    tracing::warn!(
-        "NO CLUSTER KEY: node-to-node traffic on the Raft port is neither authenticated nor encrypted, so anyone \
-         who reaches it can join or rewrite the catalog. Give every agent the same -encrypt key (`wharf keygen`)."
-    );
     Ok(String::new())
 }
 
@@ -445,7 +443,14 @@ fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
             data_dir.join("node-id").display()
         )
     })?;
-    let cluster_key = cluster_key(args, file, alone, &data_dir)?;
+    let cluster_key = choose_cluster_key(args, file, alone, &data_dir)?;
+    let join_key = if alone { choose_cluster_key(args, file, false, &data_dir)? } else { cluster_key.clone() };
+    if cluster_key.is_empty() {
+        tracing::warn!(
+            "NO CLUSTER KEY: node-to-node traffic on the Raft port is neither authenticated nor encrypted, so anyone \
+             who reaches it can join or rewrite the catalog. Give every agent the same -encrypt key (`wharf keygen`)."
+        );
+    }
     let loopback = IpAddr::from([127, 0, 0, 1]);
     let bind = args.bind.or(file.bind_addr).unwrap_or(if alone { loopback } else { IpAddr::from([0, 0, 0, 0]) });
     let advertise = match args.advertise.or(file.advertise_addr) {
@@ -547,6 +552,7 @@ fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
         data_dir,
         config: crate::config_dir::Sources { files: args.config_file.clone(), dirs: args.config_dir.clone() },
         alone,
+        join_key,
         dns,
         templates: args.templates.clone(),
     })
@@ -660,7 +666,7 @@ pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let restart = runtime.block_on(serve(r))?;
-    drop(runtime);
+    runtime.shutdown_timeout(Duration::from_secs(5));
     if restart {
         return crate::rejoin::restart();
     }
@@ -825,7 +831,7 @@ async fn serve(r: Resolved) -> Result<bool> {
                 }
                 Some(AgentControl::Join(addr, reply)) => {
                     let target = with_default_port(&addr, 8300);
-                    match crate::rejoin::join(&node, r.alone, &target, &r.data_dir).await {
+                    match crate::rejoin::join(&node, r.alone, &r.join_key, &target, &r.data_dir).await {
                         Ok(crate::rejoin::Joined::Restart) => {
                             tracing::info!(%target, "join: restarting to leave this one-agent cluster for the one at {target}");
                             let _ = reply.send(Ok(format!("restarting to join {target}")));
@@ -845,6 +851,14 @@ async fn serve(r: Resolved) -> Result<bool> {
                 }
                 Some(AgentControl::Leave(reply)) => {
                     tracing::info!("leave requested: leaving the cluster");
+                    // As Consul's leader reaps a member that left: its node and everything
+                    // registered on it leave the catalog.
+                    let gone = Command::DeregisterNode { node: info.node_name.clone() };
+                    match tokio::time::timeout(Duration::from_secs(5), cluster.write(gone)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("leave: could not deregister this node: {e}"),
+                        Err(_) => tracing::warn!("leave: no answer within 5s deregistering this node"),
+                    }
                     if let Err(e) = node.leave().await { tracing::warn!("graceful leave: {e}"); }
                     let _ = reply.send(());
                     // Let the HTTP answer go out before the listener closes.

@@ -38,6 +38,8 @@ pub enum ServicesCmd {
 pub enum KvCmd {
     /// Print a key's value (-detailed: all fields; -recurse: every key under a prefix).
     Get {
+        /// The key (a prefix with -recurse; empty = the whole store).
+        #[arg(default_value = "")]
         key: String,
         #[arg(long)]
         detailed: bool,

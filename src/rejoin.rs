@@ -8,9 +8,11 @@
 //! clients remember their cluster. The local registrations come back from the config dir
 //! and Docker.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use discovery::raft::network::{PeerClient, PeerInfo};
 use discovery::raft::node::RaftNode;
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +39,19 @@ fn file(data_dir: &Path) -> PathBuf {
 }
 
 /// Decides how to join `target` (a Raft address); for [`Joined::Restart`] the target is
-/// already recorded in the data dir.
-pub async fn join(node: &RaftNode, alone: bool, target: &str, data_dir: &Path) -> Result<Joined, String> {
-    let info = node.probe(target).await.map_err(|e| format!("cannot reach an agent at {target}: {e}"))?;
+/// already recorded in the data dir. `join_key` is the cluster key this agent uses once it
+/// is part of a cluster (its one-agent cluster's own key is not that one).
+pub async fn join(
+    node: &RaftNode,
+    alone: bool,
+    join_key: &str,
+    target: &str,
+    data_dir: &Path,
+) -> Result<Joined, String> {
+    let info = PeerClient::new(join_key)
+        .get::<PeerInfo>(target, "/raft/info", Duration::from_secs(3))
+        .await
+        .map_err(|e| format!("cannot reach an agent at {target}: {e}"))?;
     let members = node.member_addrs();
     let same_leader = info.leader_addr.is_some() && info.leader_addr == node.current_leader_addr();
     if members.contains(&info.raft_addr) || same_leader {

@@ -13,5 +13,6 @@ mod harness;
 mod health;
 mod proxy;
 mod python_client;
+mod seeds;
 mod templates;
 mod wasm;

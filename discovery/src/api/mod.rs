@@ -258,7 +258,15 @@ async fn agent_services(State(st): State<ApiState>, RawQuery(raw): RawQuery) -> 
     let (body, index) = blocking_read(&st, &q, |s| {
         let (found, index) = s.node_services(&node);
         let map: serde_json::Map<String, Value> = found
-            .map(|(_, services)| services.iter().map(|svc| (svc.id.clone(), views::agent_service(svc))).collect())
+            .map(|(_, services)| {
+                services
+                    .iter()
+                    // A server's `consul` service belongs to the catalog, not to the agent's
+                    // own registrations (as in Consul).
+                    .filter(|svc| svc.id != "consul")
+                    .map(|svc| (svc.id.clone(), views::agent_service(svc)))
+                    .collect()
+            })
             .unwrap_or_default();
         (Value::Object(map), index)
     })
@@ -476,6 +484,7 @@ async fn agent_self(State(st): State<ApiState>) -> ApiResult {
             },
             "raft": {
                 "applied_index": snap.last_index().to_string(),
+                "leader": (leader.leader_addr.as_deref() == Some(a.raft_addr.as_str())).to_string(),
                 "known_leader": leader.known_leader.to_string(),
                 "leader_addr": leader.leader_addr.unwrap_or_default(),
                 "last_contact_ms": leader.last_contact_ms.to_string(),

@@ -227,11 +227,6 @@ impl RaftNode {
         }
     }
 
-    /// Asks the agent at `addr` (a Raft address) who it is.
-    pub async fn probe(&self, addr: &str) -> Result<PeerInfo, String> {
-        self.client.get::<PeerInfo>(addr, "/raft/info", Duration::from_secs(3)).await.map_err(|e| e.to_string())
-    }
-
     /// Raft addresses of every member, voters and learners.
     pub fn member_addrs(&self) -> Vec<String> {
         let metrics = self.raft.metrics().borrow().clone();
