@@ -84,6 +84,9 @@ impl Agent {
             .args(["--node", &self.node])
             .args(["--http-port", &self.http_port.to_string()])
             .args(["--raft-port", &self.raft_port.to_string()])
+            // Agents that join bind all interfaces and advertise the host's private address
+            // by default; tests keep every node on loopback.
+            .args(if self.extra.iter().any(|a| a == "--bind") { &[][..] } else { &["--bind", "127.0.0.1"][..] })
             .args(&self.extra)
             // Tests that want the proxy pass --proxy-addr on a free port; others must not
             // compete for :80.
