@@ -747,7 +747,9 @@ async fn serve(r: Resolved) -> Result<bool> {
         metrics,
         ttl: ttl.clone(),
         check_policy: r.check_policy.clone(),
+        applied: api::session::AppliedClock::default(),
     };
+    tokio::spawn(state.applied.clone().run(state.catalog.clone()));
     let mut http_stop = stop_rx.clone();
     let http_server = tokio::spawn(async move {
         axum::serve(http_listener, api::router(state))
@@ -772,6 +774,12 @@ async fn serve(r: Resolved) -> Result<bool> {
         clients: discovery::health::probe::Clients::new(),
     });
     tokio::spawn(checker.run(stop_rx.clone()));
+    let ttl_timers = discovery::session_ttl::SessionTtl {
+        cluster: cluster.clone(),
+        catalog: state_catalog.clone(),
+        raft_addr: info.raft_addr.clone(),
+    };
+    tokio::spawn(ttl_timers.run(stop_rx.clone()));
     if let Some(mode) = r.docker.clone() {
         let watcher = discovery::docker::DockerWatcher {
             mode,

@@ -91,7 +91,23 @@ impl Client {
         Client { base, http: reqwest::Client::new() }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>)> {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let (status, _, bytes) = self.call_indexed(method, path, body).await?;
+        Ok((status, bytes))
+    }
+
+    /// Like [`Client::call`], with the answer's `X-Consul-Index` (0 when absent).
+    pub(crate) async fn call_indexed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, u64, Vec<u8>)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
@@ -101,12 +117,18 @@ impl Client {
             format!("cannot reach the wharf agent at {}: is it running? (set -http-addr)", self.base)
         })?;
         let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let bytes = resp.bytes().await.context("reading the agent's answer")?.to_vec();
-        Ok((status, bytes))
+        Ok((status, index, bytes))
     }
 
     /// A call that must succeed; the server's message becomes the error.
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    pub(crate) async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
         let (status, bytes) = self.call(method, path, body).await?;
         if !(200..300).contains(&status) {
             let msg = String::from_utf8_lossy(&bytes).trim().to_string();
@@ -115,7 +137,7 @@ impl Client {
         Ok(bytes)
     }
 
-    async fn json(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn json(&self, path: &str) -> Result<Value> {
         let bytes = self.ok(reqwest::Method::GET, path, None).await?;
         serde_json::from_slice(&bytes).context("the agent sent invalid JSON")
     }
@@ -139,7 +161,7 @@ fn print_table(rows: Vec<Vec<String>>) {
     }
 }
 
-fn key_path(key: &str) -> String {
+pub(crate) fn key_path(key: &str) -> String {
     key.split('/')
         .map(|seg| form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>())
         .collect::<Vec<_>>()
@@ -181,6 +203,44 @@ pub async fn join(c: &Client, addresses: &[String]) -> Result<()> {
         bail!("Failed to join any nodes.");
     }
     println!("Successfully joined cluster by contacting {joined} nodes.");
+    Ok(())
+}
+
+/// `wharf maint`: without -enable/-disable, lists what is in maintenance.
+pub async fn maint(c: &Client, enable: bool, disable: bool, service: Option<&str>, reason: Option<&str>) -> Result<()> {
+    if enable && disable {
+        bail!("-enable and -disable are mutually exclusive");
+    }
+    if !enable && !disable {
+        if service.is_some() || reason.is_some() {
+            bail!("-service and -reason need -enable or -disable");
+        }
+        let checks = c.json("/v1/agent/checks").await?;
+        for (id, check) in checks.as_object().into_iter().flatten() {
+            if id == "_node_maintenance" {
+                println!("Node:\n  Name:   {}\n  Reason: {}", s(&check["Node"]), s(&check["Notes"]));
+            } else if let Some(sid) = id.strip_prefix("_service_maintenance:") {
+                println!("Service:\n  ID:     {sid}\n  Reason: {}", s(&check["Notes"]));
+            }
+        }
+        return Ok(());
+    }
+    let mut query = format!("?enable={enable}");
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        query.push_str(&format!("&reason={}", form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()));
+    }
+    let (path, what) = match service {
+        Some(id) => (
+            format!("/v1/agent/service/maintenance/{}{query}", key_path(id)),
+            format!("Service maintenance is now {} for {id:?}", if enable { "enabled" } else { "disabled" }),
+        ),
+        None => (
+            format!("/v1/agent/maintenance{query}"),
+            format!("Node maintenance is now {}", if enable { "enabled" } else { "disabled" }),
+        ),
+    };
+    c.ok(reqwest::Method::PUT, &path, None).await?;
+    println!("{what}");
     Ok(())
 }
 

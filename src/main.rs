@@ -8,11 +8,13 @@ mod agent;
 mod agent_config;
 mod cli;
 mod config_dir;
+mod lock_cmd;
 mod rejoin;
 mod template_cmd;
 mod template_http;
 mod template_runner;
 mod wasm;
+mod watch_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -56,6 +58,23 @@ enum Cmd {
     },
     /// Remove a failed node, and everything registered on it, from the cluster's catalog.
     ForceLeave { node: String },
+    /// Run a command while holding a lock on a KV prefix (PREFIX/.lock), as `consul lock`.
+    Lock(Box<lock_cmd::LockArgs>),
+    /// Show, enable or disable maintenance mode for this node or one of its services.
+    Maint {
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// A service ID on this agent (default: the whole node).
+        #[arg(long)]
+        service: Option<String>,
+        /// Why, shown as the maintenance check's notes.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Watch a view of the catalog and run a handler with its JSON on every change.
+    Watch(Box<watch_cmd::WatchArgs>),
     /// Generate a new cluster encryption key (32 random bytes, base64) for -encrypt.
     Keygen,
     /// Check config files and directories (agent settings and definitions) without starting.
@@ -143,6 +162,17 @@ fn run_client(c: Cli) -> Result<()> {
             Cmd::Members { detailed } => cli::members(&client, detailed).await,
             Cmd::Join { addresses } => cli::join(&client, &addresses).await,
             Cmd::ForceLeave { node } => cli::force_leave(&client, &node).await,
+            Cmd::Lock(args) => {
+                let code = lock_cmd::run(&client, *args).await?;
+                if code != 0 {
+                    std::process::exit(code);
+                }
+                Ok(())
+            }
+            Cmd::Maint { enable, disable, service, reason } => {
+                cli::maint(&client, enable, disable, service.as_deref(), reason.as_deref()).await
+            }
+            Cmd::Watch(args) => watch_cmd::run(&client, *args).await,
             Cmd::Catalog { cmd } => cli::catalog(&client, cmd).await,
             Cmd::Services { cmd } => cli::services(&client, cmd).await,
             Cmd::Kv { cmd } => cli::kv(&client, cmd).await,

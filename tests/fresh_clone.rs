@@ -12,8 +12,7 @@
 //! `WHARF_TEST_ONLY=setup` for the test command, which would otherwise run this very test
 //! again from inside itself.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -42,16 +41,13 @@ fn first_screen_commands(readme: &str) -> Vec<String> {
     out
 }
 
-/// GET `path` on 127.0.0.1:`port`; the status code and body, or `None` when nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+/// GET `path` on 127.0.0.1:`port` with curl; the body of a 200 answer, or `None`.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// Kills the run command's process group (bash, cargo, then the agent) when dropped.
@@ -110,7 +106,7 @@ fn readme_commands_work_on_a_fresh_clone_in_the_readme_order() {
     // A cold release build takes minutes on two cores.
     let deadline = Instant::now() + Duration::from_secs(40 * 60);
     let leader = loop {
-        if let Some((200, body)) = http_get(http, "/v1/status/leader")
+        if let Some(body) = http_get(http, "/v1/status/leader")
             && body.len() > 2
         {
             break body;

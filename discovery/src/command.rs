@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckStatus, HealthCheck, Node, Service, b64};
+use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, Session, b64};
 
 // Commands are built once and moved into the log; boxing the large variant buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -54,6 +54,79 @@ pub enum Command {
     /// Commands from concurrent clients committed as one log entry (group commit: one
     /// fsync for all). Applied in order at the entry's index; each gets its own outcome.
     Batch(Vec<Command>),
+    /// A new session (its ID chosen by the API before the write).
+    SessionCreate {
+        session: Session,
+    },
+    /// Invalidates a session: its locks are released or its keys deleted.
+    SessionDestroy {
+        id: String,
+    },
+    /// Renews a TTL session (restarts the leader's timer).
+    SessionRenew {
+        id: String,
+    },
+    /// `?acquire=` (`acquire: true`) or `?release=` of a KV lock by `session`, writing the
+    /// value as it does.
+    KvLock {
+        key: String,
+        #[serde(with = "b64")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+        acquire: bool,
+    },
+    /// Consul's `/v1/txn`: KV operations applied all or nothing.
+    Txn(Vec<TxnOp>),
+}
+
+/// One KV operation of a transaction, with Consul's verbs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnOp {
+    pub verb: TxnVerb,
+    pub key: String,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
+    pub flags: u64,
+    pub index: u64,
+    pub session: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnVerb {
+    Set,
+    Cas,
+    Lock,
+    Unlock,
+    Get,
+    GetTree,
+    CheckIndex,
+    CheckSession,
+    CheckNotExists,
+    Delete,
+    DeleteTree,
+    DeleteCas,
+}
+
+impl TxnVerb {
+    /// Consul's spelling (`"get-tree"`, ...).
+    pub fn parse(s: &str) -> Option<TxnVerb> {
+        Some(match s {
+            "set" => TxnVerb::Set,
+            "cas" => TxnVerb::Cas,
+            "lock" => TxnVerb::Lock,
+            "unlock" => TxnVerb::Unlock,
+            "get" => TxnVerb::Get,
+            "get-tree" => TxnVerb::GetTree,
+            "check-index" => TxnVerb::CheckIndex,
+            "check-session" => TxnVerb::CheckSession,
+            "check-not-exists" => TxnVerb::CheckNotExists,
+            "delete" => TxnVerb::Delete,
+            "delete-tree" => TxnVerb::DeleteTree,
+            "delete-cas" => TxnVerb::DeleteCas,
+            _ => return None,
+        })
+    }
 }
 
 /// What applying a command did.
@@ -68,4 +141,8 @@ pub enum Outcome {
     Rejected(String),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
+    /// A transaction was applied; the entries its operations return, in order.
+    Txn(Vec<KvEntry>),
+    /// A transaction failed and applied nothing: (operation index, why) per failure.
+    TxnFailed(Vec<(usize, String)>),
 }

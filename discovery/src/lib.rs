@@ -16,5 +16,6 @@ pub mod duration;
 pub mod health;
 pub mod model;
 pub mod raft;
+pub mod session_ttl;
 pub mod state;
 pub mod store;

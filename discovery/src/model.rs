@@ -192,6 +192,39 @@ pub struct KvEntry {
     pub modify_index: u64,
 }
 
+/// What happens to the keys a session holds when it is invalidated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBehavior {
+    /// The locks are released; the keys stay.
+    #[default]
+    Release,
+    /// The keys are deleted.
+    Delete,
+}
+
+/// A session (Consul's `structs.Session`): the owner of KV locks, tied to a node and its
+/// checks, and optionally to a TTL that must be renewed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// Node-level checks (by ID) whose failure invalidates the session.
+    pub node_checks: Vec<String>,
+    /// Service checks (by ID) whose failure invalidates the session.
+    pub service_checks: Vec<String>,
+    /// After invalidation, how long its locks cannot be taken again, in milliseconds.
+    pub lock_delay_ms: u64,
+    pub behavior: SessionBehavior,
+    /// A Go duration, or empty for none.
+    pub ttl: String,
+    /// Bumped by every renewal: the leader's TTL timers watch it (not shown by the API).
+    pub renewals: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
 /// Consul's size limit for one KV value.
 pub const MAX_KV_VALUE_BYTES: usize = 512 * 1024;
 

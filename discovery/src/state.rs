@@ -12,7 +12,10 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Outcome};
-use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, has_all_tags};
+use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, Session, has_all_tags};
+
+mod sessions;
+pub use sessions::LockDelay;
 
 type NodeKey = (String, String);
 
@@ -20,6 +23,7 @@ const T_NODES: &str = "nodes";
 const T_SERVICES: &str = "services";
 const T_CHECKS: &str = "checks";
 const T_KVS: &str = "kvs";
+const T_SESSIONS: &str = "sessions";
 
 fn svc_key(name: &str) -> String {
     format!("svc/{name}")
@@ -55,6 +59,8 @@ pub struct CatalogState {
     kv: OrdMap<String, KvEntry>,
     tombstones: OrdMap<String, u64>,
     indexes: OrdMap<String, u64>,
+    sessions: OrdMap<String, Session>,
+    lock_delays: OrdMap<String, LockDelay>,
 }
 
 /// The serialised form of a state, used for Raft snapshots.
@@ -67,6 +73,8 @@ pub struct StateImage {
     pub kv: Vec<KvEntry>,
     pub tombstones: Vec<(String, u64)>,
     pub indexes: Vec<(String, u64)>,
+    #[serde(default)]
+    pub sessions: Vec<Session>,
 }
 
 fn same_node(a: &Node, b: &Node) -> bool {
@@ -110,7 +118,7 @@ impl CatalogState {
         }
         let mut next = self.clone();
         let outcome = next.apply_inner(index, cmd);
-        if let Outcome::Applied = outcome {
+        if let Outcome::Applied | Outcome::Txn(_) = outcome {
             *self = next;
         }
         self.last_index = self.last_index.max(index);
@@ -146,6 +154,16 @@ impl CatalogState {
             Command::KvSet { key, value, flags, cas } => self.kv_set(idx, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(idx, key, *recurse, *cas),
             Command::Batch(_) => Outcome::Rejected("nested batches are not allowed".into()),
+            Command::SessionCreate { session } => self.session_create(idx, session),
+            Command::SessionDestroy { id } => {
+                self.session_invalidate(idx, id);
+                Outcome::Applied
+            }
+            Command::SessionRenew { id } => self.session_renew(id),
+            Command::KvLock { key, value, flags, session, acquire } => {
+                self.kv_lock(idx, key, value, *flags, session, *acquire)
+            }
+            Command::Txn(ops) => self.txn(idx, ops),
         }
     }
 
@@ -262,7 +280,11 @@ impl CatalogState {
             check.create_index = previous.map(|p| p.create_index).unwrap_or(idx);
             check.modify_index = idx;
             self.bump_for_check(idx, &check);
-            self.checks.insert(key, check);
+            let critical = check.status == CheckStatus::Critical;
+            self.checks.insert(key, check.clone());
+            if critical {
+                self.invalidate_sessions_of_check(idx, &name, &check.check_id);
+            }
         }
         Outcome::Applied
     }
@@ -289,6 +311,7 @@ impl CatalogState {
     fn remove_check(&mut self, idx: u64, node: &str, check_id: &str) {
         if let Some(check) = self.checks.remove(&(node.to_string(), check_id.to_string())) {
             self.bump_for_check(idx, &check);
+            self.invalidate_sessions_of_check(idx, node, check_id);
         }
     }
 
@@ -316,6 +339,7 @@ impl CatalogState {
         if !self.nodes.contains_key(node) {
             return;
         }
+        self.invalidate_sessions_of_node(idx, node);
         let ids: Vec<String> = self
             .services
             .range((node.to_string(), String::new())..)
@@ -361,6 +385,9 @@ impl CatalogState {
         check.modify_index = idx;
         self.bump_for_check(idx, &check);
         self.checks.insert(key, check);
+        if status == CheckStatus::Critical {
+            self.invalidate_sessions_of_check(idx, node, check_id);
+        }
         Outcome::Applied
     }
 
@@ -588,6 +615,7 @@ impl CatalogState {
             kv: self.kv.values().cloned().collect(),
             tombstones: self.tombstones.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             indexes: self.indexes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            sessions: self.sessions.values().cloned().collect(),
         }
     }
 
@@ -609,6 +637,7 @@ impl CatalogState {
         }
         s.tombstones = image.tombstones.into_iter().collect();
         s.indexes = image.indexes.into_iter().collect();
+        s.sessions = image.sessions.into_iter().map(|x| (x.id.clone(), x)).collect();
         s
     }
 }

@@ -6,6 +6,7 @@ mod blocking;
 mod cli;
 mod cluster;
 mod config_dir;
+mod coordination;
 mod crash;
 mod dns;
 mod docker;

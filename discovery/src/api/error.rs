@@ -14,6 +14,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    /// 413: a request over one of Consul's size limits.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl From<ClusterError> for ApiError {
@@ -28,6 +31,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         };
         let mut body = self.to_string().replace('\n', " ");
         body.push('\n');

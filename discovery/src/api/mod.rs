@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod query;
+pub mod session;
+pub mod txn;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -100,6 +102,9 @@ pub struct ApiState {
     pub ttl: crate::health::TtlHeartbeats,
     /// Which check kinds this agent accepts.
     pub check_policy: crate::health::CheckPolicy,
+    /// When this agent applied recent Raft indexes (for KV lock delays); fed by
+    /// [`session::AppliedClock::run`].
+    pub applied: session::AppliedClock,
 }
 
 /// Refuses checks this agent will not run.
@@ -531,6 +536,84 @@ async fn agent_force_leave(State(st): State<ApiState>, Path(node): Path<String>)
     Ok(empty_ok())
 }
 
+/// `?enable=` of the maintenance endpoints.
+fn maintenance_flag(p: &Params) -> Result<bool, ApiError> {
+    match p.get("enable") {
+        None | Some("") => Err(ApiError::BadRequest("Missing value for enable".into())),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" => Ok(true),
+            "0" | "f" | "false" => Ok(false),
+            _ => Err(ApiError::BadRequest(format!("Invalid value for enable: {v:?}"))),
+        },
+    }
+}
+
+/// The critical check that holds a node or service in maintenance.
+fn maintenance_check(node: &str, service: Option<&crate::model::Service>, reason: &str) -> crate::model::HealthCheck {
+    let (check_id, name, what) = match service {
+        None => ("_node_maintenance".to_string(), "Node Maintenance Mode", "node"),
+        Some(s) => (format!("_service_maintenance:{}", s.id), "Service Maintenance Mode", "service"),
+    };
+    let notes = if reason.is_empty() {
+        format!("Maintenance mode is enabled for this {what}, but no reason was provided. This is a default message.")
+    } else {
+        reason.to_string()
+    };
+    crate::model::HealthCheck {
+        node: node.to_string(),
+        check_id,
+        name: name.into(),
+        status: CheckStatus::Critical,
+        notes,
+        service_id: service.map(|s| s.id.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+async fn set_maintenance(
+    st: &ApiState,
+    service: Option<crate::model::Service>,
+    enable: bool,
+    reason: &str,
+) -> ApiResult {
+    let node = st.agent.node_name.clone();
+    let check = maintenance_check(&node, service.as_ref(), reason);
+    let cmd = if enable {
+        Command::Register {
+            node: st.agent.self_node(),
+            service: None,
+            checks: vec![check],
+            skip_node_update: true,
+            replace_service_checks: false,
+        }
+    } else {
+        Command::DeregisterCheck { node, check_id: check.check_id }
+    };
+    write(st, cmd).await?;
+    Ok(empty_ok())
+}
+
+/// `PUT /v1/agent/maintenance?enable=&reason=`: the node leaves every pool and DNS answer.
+async fn agent_maintenance(State(st): State<ApiState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = Params::parse(raw.as_deref());
+    let enable = maintenance_flag(&p)?;
+    set_maintenance(&st, None, enable, p.get("reason").unwrap_or_default()).await
+}
+
+/// `PUT /v1/agent/service/maintenance/:id?enable=&reason=`: one instance leaves.
+async fn agent_service_maintenance(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let p = Params::parse(raw.as_deref());
+    let enable = maintenance_flag(&p)?;
+    let Some(service) = st.catalog.snapshot().service(&st.agent.node_name, &id).cloned() else {
+        return Err(ApiError::NotFound(format!("Unknown service ID {id:?}")));
+    };
+    set_maintenance(&st, Some(service), enable, p.get("reason").unwrap_or_default()).await
+}
+
 async fn agent_leave(State(st): State<ApiState>) -> ApiResult {
     let (tx, rx) = oneshot::channel();
     st.control.send(AgentControl::Leave(tx)).await.map_err(|_| ApiError::Internal("agent is shutting down".into()))?;
@@ -695,18 +778,44 @@ async fn kv_put(st: ApiState, key: String, raw: Option<String>, body: Bytes) -> 
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
-    if p.get("acquire").is_some() || p.get("release").is_some() {
-        return Err(ApiError::BadRequest(
-            "Sessions (?acquire, ?release) are not supported by wharf; use ?cas for optimistic locking".into(),
-        ));
-    }
     let flags = p.uint("flags", "flags")?.unwrap_or(0);
     let cas = p.uint("cas", "cas index")?;
     if body.len() > MAX_KV_VALUE_BYTES {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::TooLarge(format!(
             "Value too large: {} bytes, max size: {MAX_KV_VALUE_BYTES} bytes",
             body.len()
         )));
+    }
+    let (acquire, release) = (p.get("acquire"), p.get("release"));
+    if let Some(session) = acquire.or(release) {
+        if acquire.is_some() && release.is_some() {
+            return Err(ApiError::BadRequest("Conflicting flags: ?acquire and ?release cannot be combined".into()));
+        }
+        if cas.is_some() {
+            return Err(ApiError::BadRequest(
+                "Conflicting flags: ?cas cannot be combined with ?acquire or ?release".into(),
+            ));
+        }
+        if session.is_empty() {
+            return Err(ApiError::BadRequest("Missing session ID for ?acquire or ?release".into()));
+        }
+        // Consul checks the lock delay before the write, on the leader; here on the agent
+        // the request reached, which applied the invalidation at the same index.
+        if acquire.is_some() && session::in_lock_delay(&st, &key) {
+            return Ok(json_bool(false));
+        }
+        let cmd = Command::KvLock {
+            key,
+            value: body.to_vec(),
+            flags,
+            session: session.to_string(),
+            acquire: acquire.is_some(),
+        };
+        let w = write(&st, cmd).await.map_err(|e| match e {
+            ApiError::BadRequest(m) => ApiError::Internal(m),
+            other => other,
+        })?;
+        return Ok(written_bool(&w));
     }
     let w = write(&st, Command::KvSet { key, value: body.to_vec(), flags, cas }).await?;
     Ok(written_bool(&w))
@@ -821,6 +930,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/reload", put(agent_reload))
         .route("/v1/agent/leave", put(agent_leave))
         .route("/v1/agent/join/{address}", put(agent_join))
+        .route("/v1/agent/maintenance", put(agent_maintenance))
+        .route("/v1/agent/service/maintenance/{id}", put(agent_service_maintenance))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/txn", put(txn::txn))
         .route("/v1/agent/force-leave/{node}", put(agent_force_leave))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
