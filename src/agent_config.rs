@@ -151,6 +151,11 @@ impl FileConfig {
             "bind_addr" => self.bind_addr = Some(want_ip(key, v)?),
             "advertise_addr" => self.advertise_addr = Some(want_ip(key, v)?),
             "ui" => self.ui = Some(want_bool(key, v)?),
+            // Consul 0.x served the UI from a directory; wharf's is built in.
+            "ui_dir" => {
+                want_str(key, v)?;
+                self.ui = Some(true);
+            }
             "ui_config" => {
                 for (k, val) in want_object(key, v)? {
                     match k.as_str() {
@@ -179,6 +184,8 @@ impl FileConfig {
                 }
             }
             "recursors" => self.recursors.extend(want_strings(key, v)?),
+            // Consul 0.x's single recursor (The Docker Book's consul.json, seed 004).
+            "recursor" => self.recursors.push(want_str(key, v)?),
             "encrypt" => self.encrypt = Some(want_str(key, v)?),
             "domain" => self.domain = Some(want_str(key, v)?),
             "log_level" => self.log_level = Some(want_str(key, v)?),
@@ -256,6 +263,9 @@ mod tests {
         c.merge_json("b.json", r#"{"retry_join": ["consul2"], "datacenter": "dc3"}"#).expect("valid");
         assert_eq!(c.retry_join, ["consul1", "consul2"], "lists are joined");
         assert_eq!(c.datacenter.as_deref(), Some("dc3"), "later files win");
+        // Consul 0.x keys, as seed 004's image writes them.
+        c.merge_json("old.json", r#"{"ui_dir": "/webui", "recursor": "10.0.0.53"}"#).expect("valid");
+        assert_eq!((c.ui, c.recursors.last().map(String::as_str)), (Some(true), Some("10.0.0.53")));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod config_dir;
 mod lock_cmd;
 mod rejoin;
 mod template_cmd;
+mod template_exec;
 mod template_http;
 mod template_runner;
 mod wasm;
@@ -183,8 +184,19 @@ fn run_client(c: Cli) -> Result<()> {
     })
 }
 
+/// The command line without a leading `wharf` word: the image's entrypoint is the binary,
+/// and compose files written for Consul's image say `command: consul agent ...`, which
+/// becomes `wharf agent ...` (Consul's image entrypoint accepts both forms too).
+fn entrypoint_args() -> impl Iterator<Item = String> {
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "wharf") {
+        args.remove(1);
+    }
+    args.into_iter()
+}
+
 fn main() {
-    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let cli = Cli::parse_from(normalize_args(entrypoint_args()));
     let result = match cli.cmd {
         Cmd::Agent(args) => agent::run(*args, cli.log_level.as_deref()),
         Cmd::Version => {

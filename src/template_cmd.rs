@@ -53,6 +53,19 @@ pub struct TemplateArgs {
     /// KV keys under PREFIX go into the snapshot Wasm template plugins get.
     #[arg(long, value_name = "PREFIX")]
     pub plugin_kv_prefix: Option<String>,
+    /// Supervise this command (run with sh) once every template is rendered; a change
+    /// reloads or restarts it; its exit ends `wharf template` with its status.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Signal the -exec command gets when a template changed (default: restart it).
+    #[arg(long, value_name = "SIGNAL", value_parser = crate::template_exec::parse_signal)]
+    pub exec_reload_signal: Option<nix::sys::signal::Signal>,
+    /// Signal that stops the -exec command.
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = crate::template_exec::parse_signal)]
+    pub exec_kill_signal: nix::sys::signal::Signal,
+    /// How long the -exec command may take to stop before it is killed (Go duration).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub exec_kill_timeout: Duration,
 }
 
 fn parse_plugin_config(s: &str) -> Result<(PathBuf, String), String> {
@@ -136,8 +149,18 @@ fn stop_on_signals() -> Result<watch::Receiver<bool>> {
 
 /// `wharf template`: consul-template against the HTTP API at `base`.
 pub fn run(args: TemplateArgs, base: String) -> Result<()> {
+    if args.exec.is_some() && (args.once || args.dry) {
+        bail!("-exec supervises a command for as long as the templates are kept up to date: drop -once and -dry");
+    }
     let plugins = plugin_templates(&args.plugin_config, &args.plugin_kv_prefix);
     let jobs = args.templates.into_iter().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
+    let (events, passes) = tokio::sync::mpsc::unbounded_channel();
+    let exec = args.exec.map(|command| crate::template_exec::ExecConfig {
+        command,
+        reload_signal: args.exec_reload_signal,
+        kill_signal: args.exec_kill_signal,
+        kill_timeout: args.exec_kill_timeout,
+    });
     let config = RunnerConfig {
         once: args.once,
         dry: args.dry,
@@ -145,11 +168,34 @@ pub fn run(args: TemplateArgs, base: String) -> Result<()> {
         check_command: args.check_command,
         command_timeout: args.command_timeout,
         params: Default::default(),
+        events: exec.is_some().then_some(events),
     };
-    runtime()?.block_on(async move {
+    let code = runtime()?.block_on(async move {
         let feed = Feed::Http(HttpFeed::new(base, QUERY_WAIT)?);
-        template_runner::run(jobs, feed, config, stop_on_signals()?).await
-    })
+        let stop = stop_on_signals()?;
+        let Some(exec) = exec else {
+            return template_runner::run(jobs, feed, config, stop).await.map(|_| 0);
+        };
+        // The child's exit stops the renderer too.
+        let (done_tx, done_rx) = watch::channel(false);
+        let mut signals = stop.clone();
+        tokio::spawn({
+            let done_tx = done_tx.clone();
+            async move {
+                let _ = signals.changed().await;
+                let _ = done_tx.send(true);
+            }
+        });
+        let renderer = tokio::spawn(template_runner::run(jobs, feed, config, done_rx.clone()));
+        let code = crate::template_exec::supervise(exec, passes, done_rx).await;
+        let _ = done_tx.send(true);
+        renderer.await.context("the renderer task failed")??;
+        code
+    })?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 /// `wharf export nginx|haproxy`: the built-in template rendered once to standard output.

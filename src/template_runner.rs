@@ -89,6 +89,16 @@ pub struct RunnerConfig {
     pub command_timeout: Duration,
     /// Values for `.` of every template (the built-in templates' settings).
     pub params: BTreeMap<String, String>,
+    /// Told after every pass: whether every template has been rendered, and whether one
+    /// was written in this pass (`-exec` supervises its child from these).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<Pass>>,
+}
+
+/// What one pass over the templates did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub all_rendered: bool,
+    pub written: bool,
 }
 
 /// Where the data comes from.
@@ -301,12 +311,17 @@ pub async fn run(
     loop {
         let data = feed.snapshot();
         let mut deps = BTreeSet::new();
+        let mut written = false;
         for job in jobs.iter_mut() {
             let step = render_job(job, data.as_ref(), &data, &config).await;
             tracing::debug!(template = %job.spec.source.display(), ?step, "template pass");
+            written |= step == Step::Written;
             deps.extend(job.used.iter().cloned());
         }
         feed.want(&deps);
+        if let Some(events) = &config.events {
+            let _ = events.send(Pass { all_rendered: jobs.iter().all(|j| j.done), written });
+        }
         if config.once {
             if let Some(e) = jobs.iter().find_map(|j| j.error.clone()) {
                 bail!("template {e}");

@@ -476,3 +476,51 @@ async fn agent_keeps_a_wasm_template_up_to_date() {
     })
     .await;
 }
+
+/// consul-template's `-exec`: the child starts after the first render, gets the reload
+/// signal when the output changes, is restarted without one, and its exit status ends
+/// `wharf template`.
+#[tokio::test]
+async fn exec_mode_supervises_a_child() {
+    let agent = Agent::dev().await;
+    let api = Api::new(&agent);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("kv.ctmpl");
+    let dst = dir.path().join("kv.txt");
+    let events = dir.path().join("events.log");
+    std::fs::write(&src, "{{ key \"exec/value\" }}\n").expect("write template");
+    api.put_ok("/v1/kv/exec/value", "one").await;
+    let child = format!(
+        "echo start >> {ev}; trap 'echo hup >> {ev}' HUP; while true; do sleep 0.05; done",
+        ev = events.display()
+    );
+    let spec = format!("{}:{}", src.display(), dst.display());
+    let (_r, log) =
+        start_renderer(&agent, dir.path(), &["-template", &spec, "-exec", &child, "-exec-reload-signal", "SIGHUP"]);
+    wait_for("the child started after the first render", Duration::from_secs(10), || async {
+        read(&events) == "start\n"
+    })
+    .await;
+    assert_eq!(read(&dst), "one\n");
+    api.put_ok("/v1/kv/exec/value", "two").await;
+    wait_for("the reload signal", Duration::from_secs(10), || async { read(&events) == "start\nhup\n" }).await;
+    drop(_r);
+
+    // Without a reload signal the child is restarted; its own exit ends wharf template.
+    std::fs::remove_file(&events).expect("rm");
+    let child = format!("echo start >> {ev}; sleep 30", ev = events.display());
+    let (_r, _log2) =
+        start_renderer(&agent, dir.path(), &["-template", &spec, "-exec", &child, "-exec-kill-timeout", "1s"]);
+    wait_for("the first start", Duration::from_secs(10), || async { lines(&events) == 1 }).await;
+    api.put_ok("/v1/kv/exec/value", "three").await;
+    wait_for("the restart", Duration::from_secs(10), || async { lines(&events) == 2 }).await;
+    drop(_r);
+    let out = Command::new(BIN)
+        .args(["-http-addr", &agent.http_addr(), "template", "-template", &spec, "-exec", "exit 3"])
+        .output()
+        .expect("run wharf template");
+    assert_eq!(out.status.code(), Some(3), "the child's status: {}", String::from_utf8_lossy(&out.stderr));
+    let bad = Command::new(BIN).args(["template", "-template", &spec, "-exec", "true", "-once"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("drop -once"), "{bad:?}");
+    let _ = log;
+}

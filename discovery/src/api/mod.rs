@@ -781,7 +781,7 @@ async fn kv_put(st: ApiState, key: String, raw: Option<String>, body: Bytes) -> 
     let flags = p.uint("flags", "flags")?.unwrap_or(0);
     let cas = p.uint("cas", "cas index")?;
     if body.len() > MAX_KV_VALUE_BYTES {
-        return Err(ApiError::TooLarge(format!(
+        return Err(ApiError::BadRequest(format!(
             "Value too large: {} bytes, max size: {MAX_KV_VALUE_BYTES} bytes",
             body.len()
         )));
