@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use reqwest::Method;
-use serde_json::Value;
 
-use crate::cli::{Client, key_path};
+use crate::cli::Client;
+use crate::kv_lock::Session;
 
 #[derive(Args, Debug)]
 pub struct LockArgs {
@@ -39,90 +38,30 @@ pub struct LockArgs {
     command: Vec<String>,
 }
 
-const SESSION_TTL: &str = "15s";
-const RENEW_EVERY: Duration = Duration::from_millis(7_500);
-
-struct Session<'a> {
-    client: &'a Client,
-    id: String,
-}
-
-impl Session<'_> {
-    async fn destroy(&self) {
-        let _ = self.client.call(Method::PUT, &format!("/v1/session/destroy/{}", self.id), None).await;
-    }
-}
-
-async fn create_session<'a>(client: &'a Client, name: &str) -> Result<Session<'a>> {
-    let body = serde_json::json!({"Name": name, "TTL": SESSION_TTL, "Behavior": "release"});
-    let out = client.ok(Method::PUT, "/v1/session/create", Some(body.to_string().into_bytes())).await?;
-    let v: Value = serde_json::from_slice(&out).context("the agent sent invalid JSON")?;
-    let id = v["ID"].as_str().ok_or_else(|| anyhow!("the agent returned no session ID"))?.to_string();
-    Ok(Session { client, id })
-}
-
-/// Takes the lock, waiting for it as long as `deadline` allows.
-async fn acquire(client: &Client, key: &str, session: &str, deadline: Option<tokio::time::Instant>) -> Result<()> {
-    let path = format!("/v1/kv/{}", key_path(key));
-    let mut index = 0u64;
-    loop {
-        let out = client.ok(Method::PUT, &format!("{path}?acquire={session}"), Some(Vec::new())).await?;
-        if out.trim_ascii() == b"true" {
-            return Ok(());
-        }
-        // Held: wait until the key changes (a release, or the holder's session expiring).
-        let wait = match deadline {
-            Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
-            None => Duration::from_secs(60),
-        };
-        if wait.is_zero() {
-            bail!("Lock acquisition failed: timed out waiting for {key}");
-        }
-        let q = format!("{path}?index={index}&wait={}ms", wait.as_millis().max(1));
-        let (_, new_index, _) = client.call_indexed(Method::GET, &q, None).await?;
-        index = new_index;
-    }
-}
-
-/// Whether `session` still holds `key` (blocks up to `wait` for a change after `index`).
-async fn still_held(client: &Client, key: &str, session: &str, index: u64) -> Result<(bool, u64)> {
-    let q = format!("/v1/kv/{}?index={index}&wait=5s", key_path(key));
-    let (status, new_index, body) = client.call_indexed(Method::GET, &q, None).await?;
-    if status == 404 {
-        return Ok((false, new_index));
-    }
-    let v: Value = serde_json::from_slice(&body).context("the agent sent invalid JSON")?;
-    Ok((v[0]["Session"].as_str() == Some(session), new_index))
-}
+const SESSION_TTL: Duration = Duration::from_secs(15);
 
 pub async fn run(client: &Client, args: LockArgs) -> Result<i32> {
     let key = format!("{}/.lock", args.prefix.trim_end_matches('/'));
     let timeout = discovery::duration::parse_go_duration(&args.timeout, true).map_err(|e| anyhow!("-timeout: {e}"))?;
     let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
-    let session = create_session(client, &args.name).await?;
-    let result = hold_and_run(client, &args, &key, &session.id, deadline).await;
+    let session = Session::create(client, &args.name, SESSION_TTL, "15s").await?;
+    let result = hold_and_run(&args, &key, &session, deadline).await;
     session.destroy().await;
     result
 }
 
 async fn hold_and_run(
-    client: &Client,
     args: &LockArgs,
     key: &str,
-    session: &str,
+    session: &Session<'_>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<i32> {
-    let renewing = async {
-        loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            if let Err(e) = client.ok(Method::PUT, &format!("/v1/session/renew/{session}"), None).await {
-                return anyhow!("the lock's session could not be renewed: {e:#}");
-            }
-        }
-    };
+    let renewing = session.keep_alive();
     tokio::pin!(renewing);
     tokio::select! {
-        r = acquire(client, key, session, deadline) => r?,
+        r = session.acquire(key, deadline) => if !r? {
+            bail!("Lock acquisition failed: timed out waiting for {key}");
+        },
         e = &mut renewing => return Err(e),
     }
     if args.verbose {
@@ -134,19 +73,9 @@ async fn hold_and_run(
         tokio::process::Command::new(&args.command[0]).args(&args.command[1..]).spawn()
     }
     .context("cannot start the command")?;
-    let monitor = async {
-        let mut index = 0;
-        loop {
-            match still_held(client, key, session, index).await {
-                Ok((true, i)) => index = i,
-                Ok((false, _)) => return anyhow!("Lock lost: {key} is no longer held by this session"),
-                Err(e) => return e,
-            }
-        }
-    };
     let status = tokio::select! {
         s = child.wait() => s.context("waiting for the command")?,
-        e = monitor => {
+        e = session.lost(key) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(e);
@@ -159,20 +88,13 @@ async fn hold_and_run(
         _ = tokio::signal::ctrl_c() => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            release(client, key, session).await;
+            session.release(key).await;
             bail!("interrupted: the command was stopped and the lock released");
         }
     };
-    release(client, key, session).await;
+    session.release(key).await;
     if args.verbose {
         eprintln!("Lock released: {key}");
     }
     Ok(if status.success() || !args.child_exit_code { 0 } else { 2 })
-}
-
-async fn release(client: &Client, key: &str, session: &str) {
-    let path = format!("/v1/kv/{}?release={session}", key_path(key));
-    if let Err(e) = client.ok(Method::PUT, &path, Some(Vec::new())).await {
-        eprintln!("Error releasing the lock on {key}: {e:#}");
-    }
 }

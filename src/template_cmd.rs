@@ -63,6 +63,13 @@ pub struct TemplateArgs {
     /// Signal that stops the -exec command.
     #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = crate::template_exec::parse_signal)]
     pub exec_kill_signal: nix::sys::signal::Signal,
+    /// Render on one agent only: renderers of the same templates elect one through a
+    /// session lock; the others copy its output (consul-template's -dedup).
+    #[arg(long)]
+    pub dedup: bool,
+    /// KV prefix of -dedup's lock and data.
+    #[arg(long, value_name = "PREFIX", default_value = crate::template_dedup::DEFAULT_PREFIX)]
+    pub dedup_prefix: String,
     /// How long the -exec command may take to stop before it is killed (Go duration).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub exec_kill_timeout: Duration,
@@ -152,8 +159,28 @@ pub fn run(args: TemplateArgs, base: String) -> Result<()> {
     if args.exec.is_some() && (args.once || args.dry) {
         bail!("-exec supervises a command for as long as the templates are kept up to date: drop -once and -dry");
     }
+    if args.dedup && (args.once || args.dry || args.exec.is_some()) {
+        bail!("-dedup keeps one renderer for as long as the templates are kept up to date: drop -once, -dry and -exec");
+    }
     let plugins = plugin_templates(&args.plugin_config, &args.plugin_kv_prefix);
-    let jobs = args.templates.into_iter().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
+    let jobs = args.templates.iter().cloned().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
+    if args.dedup {
+        let dedup = crate::template_dedup::Dedup {
+            client: crate::cli::Client::new(base.clone()),
+            prefix: args.dedup_prefix.clone(),
+            specs: args.templates.clone(),
+            plugins,
+            config: RunnerConfig {
+                wait: args.wait,
+                check_command: args.check_command,
+                command_timeout: args.command_timeout,
+                ..RunnerConfig::default()
+            },
+            feed: Box::new(move || Ok(Feed::Http(HttpFeed::new(base.clone(), QUERY_WAIT)?))),
+        };
+        drop(jobs);
+        return runtime()?.block_on(async move { dedup.run(stop_on_signals()?).await });
+    }
     let (events, passes) = tokio::sync::mpsc::unbounded_channel();
     let exec = args.exec.map(|command| crate::template_exec::ExecConfig {
         command,

@@ -288,7 +288,7 @@ fn answers(data: &dyn TemplateData, deps: &BTreeSet<Dependency>) -> BTreeMap<Dep
 
 /// What happened to one template in one pass (for logs and tests).
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub enum Step {
     Unchanged,
     Incomplete,
     Failed,
@@ -415,23 +415,33 @@ async fn render_job(
         job.printed = Some(output);
         return Step::Written;
     }
-    let dst = &job.spec.destination;
+    let step = deliver(&job.spec, &output, config).await;
+    match step {
+        Step::Identical | Step::Written => job.done = true,
+        Step::Failed => job.seen = None,
+        _ => {}
+    }
+    step
+}
+
+/// Puts `output` at `spec`'s destination unless it is already there: written atomically
+/// after the check command, then the template's command runs. Shared by the renderer and
+/// `-dedup` followers, which get their output from the leader.
+pub async fn deliver(spec: &TemplateSpec, output: &str, config: &RunnerConfig) -> Step {
+    let dst = &spec.destination;
     if std::fs::read(dst).is_ok_and(|current| current == output.as_bytes()) {
-        job.done = true;
         return Step::Identical;
     }
-    match write_checked(dst, &output, config).await {
+    match write_checked(dst, output, config).await {
         Ok(true) => {}
         Ok(false) => return Step::CheckFailed,
         Err(e) => {
-            tracing::error!("template {}: {e:#}; will try again on the next change", job.spec.source.display());
-            job.seen = None;
+            tracing::error!("template {}: {e:#}; will try again on the next change", spec.source.display());
             return Step::Failed;
         }
     }
-    job.done = true;
-    tracing::info!(template = %job.spec.source.display(), destination = %dst.display(), "rendered");
-    if let Some(cmd) = &job.spec.command
+    tracing::info!(template = %spec.source.display(), destination = %dst.display(), "rendered");
+    if let Some(cmd) = &spec.command
         && let Err(e) = run_shell(cmd, config.command_timeout).await
     {
         tracing::error!("command {cmd:?} for {} failed: {e}; the renderer carries on", dst.display());

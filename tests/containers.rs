@@ -142,6 +142,7 @@ fn seed_001_compose_up_and_scale_web_to_3() {
 struct Hosts {
     network: String,
     names: Vec<String>,
+    image: String,
 }
 
 impl Drop for Hosts {
@@ -150,6 +151,7 @@ impl Drop for Hosts {
             let _ = sh(&format!("docker rm -f {n}"));
         }
         let _ = sh(&format!("docker network rm {}", self.network));
+        let _ = sh(&format!("docker rmi {}", self.image));
     }
 }
 
@@ -167,6 +169,7 @@ fn seed_004_three_hosts_joined_dns_on_53_and_recursion() {
     let hosts = Hosts {
         network: format!("wharf-seed004-{tag}"),
         names: ["host1", "host2", "host3", "upstream"].iter().map(|h| format!("{h}_agent_{tag}")).collect(),
+        image: format!("acqua/wharf:{tag}"),
     };
     ok(&format!("docker network create --subnet {subnet}.0/24 {}", hosts.network));
     let build = tempfile::tempdir().expect("tempdir");

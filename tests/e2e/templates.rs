@@ -524,3 +524,57 @@ async fn exec_mode_supervises_a_child() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("drop -once"), "{bad:?}");
     let _ = log;
 }
+
+/// consul-template's `-dedup`: two renderers of the same template, one renders and the
+/// other copies its output (running its own command); when the renderer stops, the other
+/// takes over.
+#[tokio::test]
+async fn dedup_renders_once_and_fails_over() {
+    let agent = Agent::dev().await;
+    let api = Api::new(&agent);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("dedup.ctmpl");
+    std::fs::write(&src, "{{ key \"dedup/value\" }}\n").expect("write template");
+    api.put_ok("/v1/kv/dedup/value", "one").await;
+    let runs = dir.path().join("runs.log");
+    let spec = |who: &str| {
+        format!(
+            "{}:{}:echo {who} >> {}",
+            src.display(),
+            dir.path().join(format!("{who}.txt")).display(),
+            runs.display()
+        )
+    };
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).expect("mkdir");
+    std::fs::create_dir_all(&b_dir).expect("mkdir");
+    let (a, a_log) = start_renderer(&agent, &a_dir, &["-template", &spec("a"), "-dedup"]);
+    wait_for("a renders", Duration::from_secs(10), || async { read(&dir.path().join("a.txt")) == "one\n" }).await;
+    let (b, b_log) = start_renderer(&agent, &b_dir, &["-template", &spec("b"), "-dedup"]);
+    wait_for("b copies a's output", Duration::from_secs(10), || async { read(&dir.path().join("b.txt")) == "one\n" })
+        .await;
+    wait_for("b's log of the copy", Duration::from_secs(5), || async {
+        read(&b_log).contains("dedup: copied the lock holder's output")
+    })
+    .await;
+    assert!(!read(&b_log).contains("took the lock"), "only one renders:\n{}", read(&b_log));
+    let (locks, _) = api.get_json("/v1/kv/wharf-template/dedup/?recurse").await;
+    let holders: Vec<&str> = locks.as_array().into_iter().flatten().filter_map(|e| e["Session"].as_str()).collect();
+    assert_eq!(holders.len(), 1, "one lock holder: {locks}");
+
+    api.put_ok("/v1/kv/dedup/value", "two").await;
+    wait_for("both follow a change", Duration::from_secs(10), || async {
+        read(&dir.path().join("a.txt")) == "two\n" && read(&dir.path().join("b.txt")) == "two\n"
+    })
+    .await;
+    assert!(read(&runs).lines().filter(|l| *l == "b").count() == 2, "b ran its own command: {}", read(&runs));
+
+    // The renderer stops (SIGTERM releases its lock): b takes over and renders.
+    drop(a);
+    wait_for("b takes the lock", Duration::from_secs(15), || async { read(&b_log).contains("took the lock") }).await;
+    api.put_ok("/v1/kv/dedup/value", "three").await;
+    wait_for("b renders by itself", Duration::from_secs(10), || async { read(&dir.path().join("b.txt")) == "three\n" })
+        .await;
+    drop(b);
+    let _ = a_log;
+}
