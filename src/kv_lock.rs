@@ -13,7 +13,7 @@ use crate::cli::{Client, key_path};
 
 /// A session on the local agent's node.
 pub struct Session<'a> {
-    client: &'a Client,
+    pub(crate) client: &'a Client,
     pub id: String,
     /// How often it must be renewed (half its TTL).
     pub renew_every: Duration,
@@ -106,5 +106,129 @@ impl<'a> Session<'a> {
         if let Err(e) = self.client.ok(Method::PUT, &path, Some(Vec::new())).await {
             eprintln!("Error releasing the lock on {key}: {e:#}");
         }
+    }
+}
+
+/// Consul's semaphore protocol on a KV prefix, held by a session: each contender holds its
+/// own key `PREFIX/SESSION` (acquired with the session, so it goes when the session does);
+/// `PREFIX/.lock` holds `{"Limit": N, "Holders": {SESSION: true}}`, changed only with
+/// `?cas=`. A slot is taken by adding oneself to the holders while fewer than N live
+/// contenders hold one.
+pub struct Semaphore<'s, 'a> {
+    pub session: &'s Session<'a>,
+    pub prefix: String,
+    pub limit: usize,
+}
+
+impl Semaphore<'_, '_> {
+    fn lock_key(&self) -> String {
+        format!("{}/.lock", self.prefix)
+    }
+
+    fn contender_key(&self) -> String {
+        format!("{}/{}", self.prefix, self.session.id)
+    }
+
+    /// The prefix's entries: (`.lock`'s ModifyIndex or 0, its holders, the live contenders)
+    /// and the blocking index.
+    async fn read(&self, index: u64) -> Result<(u64, Vec<String>, Vec<String>, u64)> {
+        let q = format!("/v1/kv/{}/?recurse&index={index}&wait=5s", key_path(&self.prefix));
+        let (status, new_index, body) = self.session.client.call_indexed(Method::GET, &q, None).await?;
+        let mut lock_index = 0;
+        let mut holders = Vec::new();
+        let mut live = Vec::new();
+        if status == 200 {
+            let entries: Value = serde_json::from_slice(&body).context("the agent sent invalid JSON")?;
+            for e in entries.as_array().into_iter().flatten() {
+                let key = e["Key"].as_str().unwrap_or_default();
+                if key == self.lock_key() {
+                    lock_index = e["ModifyIndex"].as_u64().unwrap_or(0);
+                    let raw = e["Value"]
+                        .as_str()
+                        .and_then(|v| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v).ok());
+                    let doc: Value = raw.and_then(|r| serde_json::from_slice(&r).ok()).unwrap_or(Value::Null);
+                    if let Some(limit) = doc["Limit"].as_u64()
+                        && limit as usize != self.limit
+                    {
+                        anyhow::bail!(
+                            "semaphore limit conflict: {} holds limit {limit}, this one {}",
+                            self.prefix,
+                            self.limit
+                        );
+                    }
+                    holders = doc["Holders"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                } else if let Some(sid) = key.strip_prefix(&format!("{}/", self.prefix))
+                    && e["Session"].as_str() == Some(sid)
+                {
+                    live.push(sid.to_string());
+                }
+            }
+        }
+        Ok((lock_index, holders, live, new_index))
+    }
+
+    fn lock_doc(&self, holders: &[String]) -> Vec<u8> {
+        let map: serde_json::Map<String, Value> = holders.iter().map(|h| (h.clone(), Value::Bool(true))).collect();
+        serde_json::json!({"Limit": self.limit, "Holders": map}).to_string().into_bytes()
+    }
+
+    async fn cas(&self, lock_index: u64, holders: &[String]) -> Result<bool> {
+        let path = format!("/v1/kv/{}?cas={lock_index}", key_path(&self.lock_key()));
+        Ok(self.session.client.ok(Method::PUT, &path, Some(self.lock_doc(holders))).await?.trim_ascii() == b"true")
+    }
+
+    /// Takes a slot, waiting until `deadline` (for ever with `None`).
+    pub async fn acquire(&self, deadline: Option<tokio::time::Instant>) -> Result<bool> {
+        if !self.session.try_acquire(&self.contender_key(), b"").await? {
+            anyhow::bail!("cannot hold the contender key {}", self.contender_key());
+        }
+        let mut index = 0;
+        loop {
+            let (lock_index, holders, live, new_index) = self.read(index).await?;
+            // Holders whose contender key is gone (their session ended) free their slot.
+            let mut alive: Vec<String> = holders.into_iter().filter(|h| live.contains(h)).collect();
+            if alive.len() < self.limit {
+                alive.push(self.session.id.clone());
+                if self.cas(lock_index, &alive).await? {
+                    return Ok(true);
+                }
+                index = 0;
+                continue;
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(false);
+            }
+            index = new_index;
+        }
+    }
+
+    /// Returns once this session no longer holds a slot.
+    pub async fn lost(&self) -> anyhow::Error {
+        let mut index = 0;
+        loop {
+            match self.read(index).await {
+                Ok((_, holders, live, new_index)) => {
+                    let me = &self.session.id;
+                    if !holders.contains(me) || !live.contains(me) {
+                        return anyhow!("semaphore slot lost on {}", self.prefix);
+                    }
+                    index = new_index;
+                }
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// Gives the slot back and deletes the contender key.
+    pub async fn release(&self) {
+        for _ in 0..20 {
+            let Ok((lock_index, holders, _, _)) = self.read(0).await else { break };
+            let rest: Vec<String> = holders.into_iter().filter(|h| *h != self.session.id).collect();
+            if self.cas(lock_index, &rest).await.unwrap_or(false) {
+                break;
+            }
+        }
+        let path = format!("/v1/kv/{}", key_path(&self.contender_key()));
+        let _ = self.session.client.call(Method::DELETE, &path, None).await;
     }
 }

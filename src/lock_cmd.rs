@@ -3,7 +3,8 @@
 //! `?acquire=`; a contender waits on the key with blocking queries until it is free. The
 //! key is watched while the command runs: if the lock is lost (the session invalidated),
 //! the command is stopped. When the command ends the lock is released and the session
-//! destroyed.
+//! destroyed. With `-n N` (N > 1) it is a semaphore instead: at most N commands at once
+//! (Consul's protocol on `PREFIX/.lock`, see `kv_lock::Semaphore`).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
 use crate::cli::Client;
-use crate::kv_lock::Session;
+use crate::kv_lock::{Semaphore, Session};
 
 #[derive(Args, Debug)]
 pub struct LockArgs {
@@ -31,6 +32,9 @@ pub struct LockArgs {
     /// Say what is happening on stderr.
     #[arg(long)]
     verbose: bool,
+    /// How many may hold it at once: 1 is a lock, more a semaphore.
+    #[arg(short = 'n', long = "n", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
     /// KV prefix of the lock; the key is PREFIX/.lock.
     prefix: String,
     /// The command to run while holding the lock.
@@ -45,21 +49,66 @@ pub async fn run(client: &Client, args: LockArgs) -> Result<i32> {
     let timeout = discovery::duration::parse_go_duration(&args.timeout, true).map_err(|e| anyhow!("-timeout: {e}"))?;
     let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
     let session = Session::create(client, &args.name, SESSION_TTL, "15s").await?;
-    let result = hold_and_run(&args, &key, &session, deadline).await;
+    let hold = match args.limit {
+        1 => Hold::Lock(key),
+        n => Hold::Semaphore(Semaphore {
+            session: &session,
+            prefix: args.prefix.trim_end_matches('/').to_string(),
+            limit: n as usize,
+        }),
+    };
+    let result = hold_and_run(&args, &hold, &session, deadline).await;
     session.destroy().await;
     result
 }
 
+/// What `wharf lock` holds: the lock key, or a semaphore slot.
+enum Hold<'s, 'a> {
+    Lock(String),
+    Semaphore(Semaphore<'s, 'a>),
+}
+
+impl Hold<'_, '_> {
+    async fn acquire(&self, session: &Session<'_>, deadline: Option<tokio::time::Instant>) -> Result<bool> {
+        match self {
+            Hold::Lock(key) => session.acquire(key, deadline).await,
+            Hold::Semaphore(s) => s.acquire(deadline).await,
+        }
+    }
+
+    async fn lost(&self, session: &Session<'_>) -> anyhow::Error {
+        match self {
+            Hold::Lock(key) => session.lost(key).await,
+            Hold::Semaphore(s) => s.lost().await,
+        }
+    }
+
+    async fn release(&self, session: &Session<'_>) {
+        match self {
+            Hold::Lock(key) => session.release(key).await,
+            Hold::Semaphore(s) => s.release().await,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Hold::Lock(key) => key.clone(),
+            Hold::Semaphore(s) => format!("{}/.lock (limit {})", s.prefix, s.limit),
+        }
+    }
+}
+
 async fn hold_and_run(
     args: &LockArgs,
-    key: &str,
+    hold: &Hold<'_, '_>,
     session: &Session<'_>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<i32> {
+    let key = hold.name();
     let renewing = session.keep_alive();
     tokio::pin!(renewing);
     tokio::select! {
-        r = session.acquire(key, deadline) => if !r? {
+        r = hold.acquire(session, deadline) => if !r? {
             bail!("Lock acquisition failed: timed out waiting for {key}");
         },
         e = &mut renewing => return Err(e),
@@ -75,7 +124,7 @@ async fn hold_and_run(
     .context("cannot start the command")?;
     let status = tokio::select! {
         s = child.wait() => s.context("waiting for the command")?,
-        e = session.lost(key) => {
+        e = hold.lost(session) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(e);
@@ -88,11 +137,11 @@ async fn hold_and_run(
         _ = tokio::signal::ctrl_c() => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            session.release(key).await;
+            hold.release(session).await;
             bail!("interrupted: the command was stopped and the lock released");
         }
     };
-    session.release(key).await;
+    hold.release(session).await;
     if args.verbose {
         eprintln!("Lock released: {key}");
     }

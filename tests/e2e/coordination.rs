@@ -100,3 +100,34 @@ async fn wharf_maint_and_watch() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// `wharf lock -n 2`: three loops on one semaphore; at most two commands run at once, and
+/// two do run together.
+#[tokio::test]
+async fn wharf_lock_semaphore_admits_n() {
+    let agent = Agent::dev().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    std::fs::create_dir_all(dir.path().join("active")).expect("mkdir");
+    let critical =
+        format!("me=$$; touch {d}/active/$me; ls {d}/active | wc -l >> {d}/seen; sleep 0.1; rm {d}/active/$me");
+    let script = dir.path().join("critical.sh");
+    std::fs::write(&script, critical).expect("write script");
+    let round = format!(
+        "for i in $(seq 8); do {BIN} -http-addr {} lock -n 2 app/pool 'sh {}' || exit 1; done",
+        agent.http_addr(),
+        script.display()
+    );
+    let loops: Vec<_> = (0..3).map(|_| Command::new("bash").args(["-c", &round]).spawn().expect("spawn")).collect();
+    for mut l in loops {
+        assert!(l.wait().expect("wait").success(), "a semaphore loop failed");
+    }
+    let seen: Vec<usize> = std::fs::read_to_string(dir.path().join("seen"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().expect("a count"))
+        .collect();
+    assert_eq!(seen.len(), 24, "every round ran");
+    assert!(seen.iter().all(|n| *n <= 2), "more than two at once: {seen:?}");
+    assert!(seen.contains(&2), "two ran together at least once: {seen:?}");
+}
