@@ -882,3 +882,31 @@ async fn http1_message_shapes_pass_intact() {
     let r = one_shot(&addr, format!("GET /length HTTP/1.0\r\n{host}\r\n").as_bytes()).await;
     assert!(r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("hello world"), "{r}");
 }
+
+/// Maintenance mode (`PUT /v1/agent/service/maintenance/:id`): the instance leaves the pool
+/// at once, a request it is serving finishes, and it comes back when maintenance ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_in_maintenance_leaves_the_pool_and_finishes_its_requests() {
+    let p = ProxyAgent::start(&[]).await;
+    let (b1, b2) = (Backend::start("s1").await, Backend::start("s2").await);
+    p.api.put_ok("/v1/agent/service/register", backend_service(&b1, "web", json!({}))).await;
+    wait_pool(&p, "web", 1).await;
+    let slow = {
+        let client = p.client.clone();
+        let url = format!("{}/slow?ms=800", p.proxy);
+        tokio::spawn(async move { client.get(url).header("host", "web.localhost").send().await?.text().await })
+    };
+    p.api.put_ok("/v1/agent/service/register", backend_service(&b2, "web", json!({}))).await;
+    wait_pool(&p, "web", 2).await;
+    let started = Instant::now();
+    p.api.put_ok(&format!("/v1/agent/service/maintenance/web-{}?enable=true&reason=deploy", b1.port()), "").await;
+    wait_pool(&p, "web", 1).await;
+    println!("out of the pool {:?} after maintenance was acknowledged", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(100), "left the pool after {:?}", started.elapsed());
+    let answers = p.spread("web.localhost", "/", 10).await;
+    assert_eq!(answers.get("s2"), Some(&10), "only s2 serves: {answers:?}");
+    let body = slow.await.expect("join").expect("the in-flight request finished");
+    assert_eq!(body, "s1", "the request s1 was serving when it entered maintenance completed");
+    p.api.put_ok(&format!("/v1/agent/service/maintenance/web-{}?enable=false", b1.port()), "").await;
+    wait_pool(&p, "web", 2).await;
+}
