@@ -271,6 +271,10 @@ struct Resolved {
     alone: bool,
     /// The cluster key this agent presents once it is part of a cluster of several.
     join_key: String,
+    /// Leave gracefully on SIGTERM (Consul's `leave_on_terminate`; default: clients only).
+    leave_on_terminate: bool,
+    /// Leave gracefully on SIGINT (not `skip_leave_on_interrupt`; default: clients only).
+    leave_on_interrupt: bool,
     /// `None` with --no-dns.
     dns: Option<DnsConfig>,
     templates: crate::template_cmd::AgentTemplateArgs,
@@ -553,6 +557,8 @@ fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
         config: crate::config_dir::Sources { files: args.config_file.clone(), dirs: args.config_dir.clone() },
         alone,
         join_key,
+        leave_on_terminate: file.leave_on_terminate.unwrap_or(!voter),
+        leave_on_interrupt: !file.skip_leave_on_interrupt.unwrap_or(voter),
         dns,
         templates: args.templates.clone(),
     })
@@ -671,6 +677,21 @@ pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
         return crate::rejoin::restart();
     }
     Ok(())
+}
+
+/// Leaves the cluster gracefully. As Consul's leader reaps a member that left, its node and
+/// everything registered on it leave the catalog; a server also leaves the Raft voters.
+async fn leave(cluster: &dyn Cluster, node: &RaftNode, info: &AgentInfo) {
+    tracing::info!("leaving the cluster");
+    let gone = Command::DeregisterNode { node: info.node_name.clone() };
+    match tokio::time::timeout(Duration::from_secs(5), cluster.write(gone)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("leave: could not deregister this node: {e}"),
+        Err(_) => tracing::warn!("leave: no answer within 5s deregistering this node"),
+    }
+    if let Err(e) = node.leave().await {
+        tracing::warn!("graceful leave: {e}");
+    }
 }
 
 /// Serves until a signal or `leave`; `Ok(true)` when the agent must restart itself to join
@@ -827,8 +848,16 @@ async fn serve(r: Resolved) -> Result<bool> {
                     Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {e:#}"),
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); break; }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                if r.leave_on_terminate { leave(cluster.as_ref(), &node, &info).await; }
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt: shutting down");
+                if r.leave_on_interrupt { leave(cluster.as_ref(), &node, &info).await; }
+                break;
+            }
             msg = control_rx.recv() => match msg {
                 Some(AgentControl::Reload(reply)) => {
                     let res = reload(cluster.clone(), info.clone(), r.config.clone(), r.data_dir.clone())
@@ -858,16 +887,7 @@ async fn serve(r: Resolved) -> Result<bool> {
                     }
                 }
                 Some(AgentControl::Leave(reply)) => {
-                    tracing::info!("leave requested: leaving the cluster");
-                    // As Consul's leader reaps a member that left: its node and everything
-                    // registered on it leave the catalog.
-                    let gone = Command::DeregisterNode { node: info.node_name.clone() };
-                    match tokio::time::timeout(Duration::from_secs(5), cluster.write(gone)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!("leave: could not deregister this node: {e}"),
-                        Err(_) => tracing::warn!("leave: no answer within 5s deregistering this node"),
-                    }
-                    if let Err(e) = node.leave().await { tracing::warn!("graceful leave: {e}"); }
+                    leave(cluster.as_ref(), &node, &info).await;
                     let _ = reply.send(());
                     // Let the HTTP answer go out before the listener closes.
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -65,6 +65,11 @@ pub enum KvCmd {
     },
 }
 
+/// An answer's `X-Consul-Index` (0 when absent or not a number).
+pub(crate) fn consul_index(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers.get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// An HTTP API client for the CLI.
 pub struct Client {
     base: String,
@@ -117,12 +122,7 @@ impl Client {
             format!("cannot reach the wharf agent at {}: is it running? (set -http-addr)", self.base)
         })?;
         let status = resp.status().as_u16();
-        let index = resp
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = consul_index(resp.headers());
         let bytes = resp.bytes().await.context("reading the agent's answer")?.to_vec();
         Ok((status, index, bytes))
     }

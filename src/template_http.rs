@@ -254,12 +254,7 @@ impl Api {
         }
         let resp = req.send().await.with_context(|| format!("GET {url}: is the agent running (-http-addr)?"))?;
         let status = resp.status().as_u16();
-        let index = resp
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = crate::cli::consul_index(resp.headers());
         let body = resp.text().await.with_context(|| format!("GET {url}: reading the body"))?;
         if status == 404 {
             return Ok((status, index, Value::Null));

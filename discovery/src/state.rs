@@ -402,19 +402,27 @@ impl CatalogState {
                 return Outcome::CasFailed;
             }
         }
+        let lock_index = existing.map(|e| e.lock_index).unwrap_or(0);
+        let session = existing.map(|e| e.session.clone()).unwrap_or_default();
+        self.put_entry(idx, key, value, flags, lock_index, session);
+        Outcome::Applied
+    }
+
+    /// Writes `key` at `idx` (keeping its CreateIndex) with the given lock fields.
+    fn put_entry(&mut self, idx: u64, key: &str, value: &[u8], flags: u64, lock_index: u64, session: String) {
+        let create_index = self.kv.get(key).map(|e| e.create_index).unwrap_or(idx);
         let entry = KvEntry {
             key: key.to_string(),
             value: value.to_vec(),
             flags,
-            lock_index: existing.map(|e| e.lock_index).unwrap_or(0),
-            session: existing.map(|e| e.session.clone()).unwrap_or_default(),
-            create_index: existing.map(|e| e.create_index).unwrap_or(idx),
+            lock_index,
+            session,
+            create_index,
             modify_index: idx,
         };
         self.kv.insert(key.to_string(), entry);
         self.tombstones.remove(key);
         self.bump(T_KVS.into(), idx);
-        Outcome::Applied
     }
 
     fn kv_delete(&mut self, idx: u64, key: &str, recurse: bool, cas: Option<u64>) -> Outcome {

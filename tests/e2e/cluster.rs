@@ -110,3 +110,35 @@ async fn three_servers_forward_writes_and_survive_losing_the_leader() {
     let info: Value = right.json().await.expect("json");
     assert_eq!(info["initialized"], true);
 }
+
+/// A client agent (not a server) leaves gracefully on SIGINT, as Consul's clients do by
+/// default: its node and services leave the catalog. A server does not (skip_leave_on_interrupt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaves_on_interrupt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Agent::new(tmp.path().join("s"), "server-1", vec!["--cluster-key".into(), KEY.into()], None);
+    server.start(&["--server", "--bootstrap-expect", "1"]);
+    server.wait_ready().await;
+    let join = format!("127.0.0.1:{}", server.raft_port);
+    let mut client = Agent::new(
+        tmp.path().join("c"),
+        "client-1",
+        vec!["--cluster-key".into(), KEY.into(), "--retry-join".into(), join],
+        None,
+    );
+    client.start(&[]);
+    client.wait_ready().await;
+    let api = Api::new(&server);
+    let capi = Api::new(&client);
+    capi.put_ok("/v1/agent/service/register", r#"{"Name": "web", "Port": 80}"#).await;
+    wait_for("the client's web on the server", Duration::from_secs(10), || async {
+        api.get_json("/v1/catalog/service/web").await.0.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    client.signal("-INT");
+    assert!(client.wait_exit(Duration::from_secs(10)).await, "the client stops on SIGINT");
+    let (node, _) = api.get_json("/v1/catalog/node/client-1").await;
+    assert!(node.is_null(), "the client left the catalog: {node}");
+    let (web, _) = api.get_json("/v1/catalog/service/web").await;
+    assert_eq!(web, serde_json::json!([]), "its services went with it");
+}

@@ -99,3 +99,70 @@ async fn config_dir_loads_and_reloads() {
     })
     .await;
 }
+
+/// Consul's agent keys beside definitions: known ones are applied (here the node name and
+/// a TTL check's service), an unknown or not yet implemented key stops the agent with the
+/// key and the file named, a reload with such a key changes nothing, and `wharf validate`
+/// says the same without starting anything.
+#[tokio::test]
+async fn agent_keys_in_config_files_are_applied_or_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("conf.d");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::write(conf.join("agent.json"), r#"{"datacenter": "dc7", "enable_script_checks": true}"#).expect("write");
+    std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "port": 80}}"#).expect("write");
+    let mut agent = Agent::new(
+        tmp.path().join("data"),
+        "node-1",
+        vec!["--config-dir".into(), conf.to_str().expect("utf8").into()],
+        None,
+    );
+    agent.start(&["--dev"]);
+    agent.wait_ready().await;
+    let api = Api::new(&agent);
+    let (dcs, _) = api.get_json("/v1/catalog/datacenters").await;
+    assert_eq!(dcs, serde_json::json!(["dc7"]), "datacenter from the file");
+
+    wait_for("web from the config dir", Duration::from_secs(10), || async {
+        service_ids(&api.get_json("/v1/agent/services").await.0) == ["web"]
+    })
+    .await;
+
+    // A typo in a reloaded file: refused by name, nothing changes.
+    std::fs::write(conf.join("typo.json"), r#"{"enable_script_check": true}"#).expect("write");
+    let before = api.get("/v1/agent/services").await.body;
+    let out = agent.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typo.json") && err.contains("enable_script_check"), "{err}");
+    assert_eq!(api.get("/v1/agent/services").await.body, before);
+
+    // `wharf validate` reads the directory the same way.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["validate", conf.to_str().expect("utf8")])
+        .output()
+        .expect("run validate");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown config key \"enable_script_check\""), "{out:?}");
+    std::fs::remove_file(conf.join("typo.json")).expect("rm");
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["validate", conf.to_str().expect("utf8")])
+        .output()
+        .expect("run validate");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Configuration is valid! (1 services, 0 checks)");
+
+    // Seed 002's acl.json stops the agent at start instead of leaving the API open.
+    std::fs::write(
+        conf.join("acl.json"),
+        r#"{"acl_datacenter": "dc1", "acl_master_token": "XAi/F5LQ+IbrAW8Mkyon+K+PCkSu+aoFf2YUeixMYA0=", "acl_default_policy": "deny"}"#,
+    )
+    .expect("write");
+    agent.kill9();
+    agent.start(&["--dev"]);
+    assert!(agent.wait_exit(Duration::from_secs(20)).await, "the agent must refuse to start");
+    let log = agent.log_text();
+    assert!(
+        log.contains("acl.json") && log.contains("acl_datacenter") && log.contains("ACLs are not implemented yet"),
+        "{log}"
+    );
+}

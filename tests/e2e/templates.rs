@@ -491,7 +491,7 @@ async fn exec_mode_supervises_a_child() {
     std::fs::write(&src, "{{ key \"exec/value\" }}\n").expect("write template");
     api.put_ok("/v1/kv/exec/value", "one").await;
     let child = format!(
-        "echo start >> {ev}; trap 'echo hup >> {ev}' HUP; while true; do sleep 0.05; done",
+        "trap 'echo hup >> {ev}' HUP; echo start >> {ev}; while true; do sleep 0.05; done",
         ev = events.display()
     );
     let spec = format!("{}:{}", src.display(), dst.display());

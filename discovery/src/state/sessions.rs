@@ -136,18 +136,7 @@ impl CatalogState {
             }
             (String::new(), existing.map(|e| e.lock_index).unwrap_or(0))
         };
-        let entry = KvEntry {
-            key: key.to_string(),
-            value: value.to_vec(),
-            flags,
-            lock_index,
-            session: new_session,
-            create_index: existing.map(|e| e.create_index).unwrap_or(idx),
-            modify_index: idx,
-        };
-        self.kv.insert(key.to_string(), entry);
-        self.tombstones.remove(key);
-        self.bump(T_KVS.into(), idx);
+        self.put_entry(idx, key, value, flags, lock_index, new_session);
         Outcome::Applied
     }
 
