@@ -111,7 +111,7 @@ async fn three_servers_forward_writes_and_survive_losing_the_leader() {
     assert_eq!(info["initialized"], true);
 }
 
-/// A client agent (not a server) leaves gracefully on SIGINT, as Consul's clients do by
+/// A client agent (not a server), joined by host name, leaves gracefully on SIGINT, as Consul's clients do by
 /// default: its node and services leave the catalog. A server does not (skip_leave_on_interrupt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaves_on_interrupt() {
@@ -119,7 +119,8 @@ async fn a_client_leaves_on_interrupt() {
     let mut server = Agent::new(tmp.path().join("s"), "server-1", vec!["--cluster-key".into(), KEY.into()], None);
     server.start(&["--server", "--bootstrap-expect", "1"]);
     server.wait_ready().await;
-    let join = format!("127.0.0.1:{}", server.raft_port);
+    // By host name, as the tutorials join (`-retry-join=consul1`).
+    let join = format!("localhost:{}", server.raft_port);
     let mut client = Agent::new(
         tmp.path().join("c"),
         "client-1",
