@@ -111,8 +111,9 @@ async fn three_servers_forward_writes_and_survive_losing_the_leader() {
     assert_eq!(info["initialized"], true);
 }
 
-/// A client agent (not a server), joined by host name, leaves gracefully on SIGINT, as Consul's clients do by
-/// default: its node and services leave the catalog. A server does not (skip_leave_on_interrupt).
+/// A client agent (not a server), joined by host name, leaves gracefully on SIGINT, as
+/// Consul's clients do by default: its node and services leave the catalog. (A server does
+/// not: skip_leave_on_interrupt.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaves_on_interrupt() {
     let tmp = tempfile::tempdir().expect("tempdir");
