@@ -406,6 +406,20 @@ fn interface_addrs() -> Vec<IpAddr> {
     }
 }
 
+/// The `-encrypt` key (flag, else config file), checked: base64 of 16, 24 or 32 bytes.
+fn encrypt_key(args: &AgentArgs, file: &FileConfig) -> Result<Option<String>> {
+    let Some(k) = args.encrypt.as_ref().or(file.encrypt.as_ref()) else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(k.trim())
+        .map_err(|e| anyhow!("-encrypt: the key is not base64 ({e}); make one with `wharf keygen`"))?;
+    if ![16, 24, 32].contains(&bytes.len()) {
+        bail!("-encrypt: the key is {} bytes; it must be 16, 24 or 32 (make one with `wharf keygen`)", bytes.len());
+    }
+    Ok(Some(k.trim().to_string()))
+}
+
 /// The cluster key: `--cluster-key`, else `-encrypt`'s key, else one kept in the data dir
 /// for an agent that runs alone, else none (an unauthenticated cluster; `resolve` warns).
 fn choose_cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir: &Path) -> Result<String> {
@@ -415,14 +429,8 @@ fn choose_cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir
         }
         return Ok(k.clone());
     }
-    if let Some(k) = args.encrypt.as_ref().or(file.encrypt.as_ref()) {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(k.trim())
-            .map_err(|e| anyhow!("-encrypt: the key is not base64 ({e}); make one with `wharf keygen`"))?;
-        if ![16, 24, 32].contains(&bytes.len()) {
-            bail!("-encrypt: the key is {} bytes; it must be 16, 24 or 32 (make one with `wharf keygen`)", bytes.len());
-        }
-        return Ok(k.trim().to_string());
+    if let Some(k) = encrypt_key(args, file)? {
+        return Ok(k);
     }
     if alone {
         return persistent_value(&data_dir.join("cluster-key"), || {
@@ -434,6 +442,8 @@ fn choose_cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool, data_dir
 
 fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
     let Role { bootstrap_expect, voter, joins, alone } = role(args, file)?;
+    // Every check that needs no disk comes before the data dir is touched.
+    encrypt_key(args, file)?;
     let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}: choose another with --data-dir", data_dir.display()))?;

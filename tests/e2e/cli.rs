@@ -97,3 +97,44 @@ async fn cli_commands() {
     assert!(ok(agent.cli(&["leave"])).contains("Graceful leave complete"));
     assert!(agent.wait_exit(std::time::Duration::from_secs(10)).await, "agent exits after leave");
 }
+
+/// `version`, `keygen` (a key an agent takes with -encrypt), and `force-leave` of a node.
+#[tokio::test]
+async fn version_keygen_and_force_leave() {
+    use base64::Engine;
+    let version = std::process::Command::new(BIN).arg("version").output().expect("run");
+    assert!(stdout(&version).starts_with(&format!("wharf v{}", env!("CARGO_PKG_VERSION"))), "{version:?}");
+
+    let key = |_| stdout(&std::process::Command::new(BIN).arg("keygen").output().expect("run")).trim().to_string();
+    let (k1, k2): (String, String) = (key(1), key(2));
+    assert_ne!(k1, k2, "every key is new");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&k1).expect("base64");
+    assert_eq!(bytes.len(), 32);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut agent = crate::harness::Agent::new(
+        tmp.path().join("data"),
+        "node-1",
+        vec!["--server".into(), "--bootstrap-expect".into(), "1".into(), "-encrypt".into(), k1],
+        None,
+    );
+    agent.start(&[]);
+    agent.wait_ready().await;
+    let api = Api::new(&agent);
+    api.put_ok(
+        "/v1/catalog/register",
+        r#"{"Node": "gone", "Address": "10.0.0.9", "Service": {"Service": "old", "Port": 1}}"#,
+    )
+    .await;
+    assert_eq!(ok(agent.cli(&["force-leave", "gone"])).trim(), "Node gone has left the cluster");
+    let (node, _) = api.get_json("/v1/catalog/node/gone").await;
+    assert!(node.is_null(), "{node}");
+    let (old, _) = api.get_json("/v1/catalog/service/old").await;
+    assert_eq!(old, serde_json::json!([]));
+    let unknown = agent.cli(&["force-leave", "nobody"]);
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("Unknown node \"nobody\""), "{}", stderr(&unknown));
+    let bad = agent.cli(&["agent", "-encrypt", "not-base64!"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("-encrypt: the key is not base64"), "{}", stderr(&bad));
+}
