@@ -70,9 +70,21 @@ pub async fn supervise(
             _ = stop_rx.changed() => return Ok(0),
         }
     }
+    use tokio::signal::unix::{SignalKind, signal as listen};
+    let listen_for =
+        |sig: Signal| listen(SignalKind::from_raw(sig as i32)).with_context(|| format!("cannot listen for {sig}"));
+    let (mut hup, mut usr1, mut usr2) =
+        (listen_for(Signal::SIGHUP)?, listen_for(Signal::SIGUSR1)?, listen_for(Signal::SIGUSR2)?);
     let mut child = start(&cfg)?;
     loop {
+        let forward = |sig: Signal, child: &Child| {
+            tracing::info!(?sig, "passing the signal on to the -exec command");
+            signal(child, sig);
+        };
         tokio::select! {
+            Some(()) = hup.recv() => forward(Signal::SIGHUP, &child),
+            Some(()) = usr1.recv() => forward(Signal::SIGUSR1, &child),
+            Some(()) = usr2.recv() => forward(Signal::SIGUSR2, &child),
             status = child.wait() => {
                 let status = status.context("waiting for the -exec command")?;
                 tracing::info!(%status, "the -exec command exited");

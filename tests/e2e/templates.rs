@@ -495,15 +495,36 @@ async fn exec_mode_supervises_a_child() {
         ev = events.display()
     );
     let spec = format!("{}:{}", src.display(), dst.display());
-    let (_r, log) =
-        start_renderer(&agent, dir.path(), &["-template", &spec, "-exec", &child, "-exec-reload-signal", "SIGHUP"]);
+    // Started under nohup: SIGHUP arrives ignored, and the child must still be able to trap it.
+    let log = dir.path().join("template.log");
+    let _r = Guard(
+        Command::new("nohup")
+            .arg(BIN)
+            .args(["-http-addr", &agent.http_addr(), "--log-level", "debug", "template"])
+            .args(["-template", &spec, "-exec", &child, "-exec-reload-signal", "SIGHUP"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start wharf template under nohup"),
+    );
     wait_for("the child started after the first render", Duration::from_secs(10), || async {
         read(&events) == "start\n"
     })
     .await;
     assert_eq!(read(&dst), "one\n");
     api.put_ok("/v1/kv/exec/value", "two").await;
-    wait_for("the reload signal", Duration::from_secs(10), || async { read(&events) == "start\nhup\n" }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read(&events) != "start\nhup\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload signal: events {:?}, output {:?}; renderer log:\n{}",
+            read(&events),
+            read(&dst),
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(_r);
 
     // Without a reload signal the child is restarted; its own exit ends wharf template.
