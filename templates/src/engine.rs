@@ -245,11 +245,15 @@ fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// the end of the text; gotmpl's parser stops quietly at both. This scan of the actions'
 /// first words (skipping comments and quoted text) restores Go's errors.
 fn check_blocks(source: &str) -> Result<(), (usize, String)> {
+    // Byte offsets throughout: the scan looks only at ASCII bytes (delimiters, quotes,
+    // keywords), so text in any script between them is stepped over, never sliced.
     let b = source.as_bytes();
+    let find = |from: usize, pat: &[u8]| -> Option<usize> {
+        b.get(from..)?.windows(pat.len()).position(|w| w == pat).map(|p| from + p)
+    };
     let mut open: Vec<(&str, usize)> = Vec::new();
     let mut i = 0;
-    while let Some(found) = source[i..].find("{{") {
-        let start = i + found;
+    while let Some(start) = find(i, b"{{") {
         let mut j = start + 2;
         if b.get(j) == Some(&b'-') && b.get(j + 1).is_some_and(u8::is_ascii_whitespace) {
             j += 1;
@@ -257,13 +261,19 @@ fn check_blocks(source: &str) -> Result<(), (usize, String)> {
         while b.get(j).is_some_and(u8::is_ascii_whitespace) {
             j += 1;
         }
-        if source[j..].starts_with("/*") {
-            i = source[j..].find("*/").map_or(b.len(), |e| j + e + 2);
+        if b[j..].starts_with(b"/*") {
+            i = find(j, b"*/").map_or(b.len(), |e| e + 2);
             continue;
         }
-        let word_end = source[j..].find(|c: char| !c.is_ascii_alphanumeric() && c != '_').map_or(b.len(), |e| j + e);
-        match &source[j..word_end] {
-            w @ ("if" | "range" | "with" | "define" | "block") => open.push((w, j)),
+        let word_end = (j..b.len()).find(|&k| !(b[k].is_ascii_alphanumeric() || b[k] == b'_')).unwrap_or(b.len());
+        // ASCII letters, digits and '_' only: always valid UTF-8.
+        let word = std::str::from_utf8(&b[j..word_end]).unwrap_or_default();
+        match word {
+            "if" => open.push(("if", j)),
+            "range" => open.push(("range", j)),
+            "with" => open.push(("with", j)),
+            "define" => open.push(("define", j)),
+            "block" => open.push(("block", j)),
             "else" if !matches!(open.last(), Some(("if" | "range" | "with", _))) => {
                 return Err((j, "unexpected {{else}}: no {{if}}, {{range}} or {{with}} to continue".into()));
             }
@@ -272,7 +282,7 @@ fn check_blocks(source: &str) -> Result<(), (usize, String)> {
         }
         // Skip to the closing delimiter, stepping over quoted text.
         let mut k = word_end;
-        while k < b.len() && !source[k..].starts_with("}}") {
+        while k < b.len() && !b[k..].starts_with(b"}}") {
             match b[k] {
                 q @ (b'"' | b'\'') => {
                     k += 1;
@@ -280,7 +290,7 @@ fn check_blocks(source: &str) -> Result<(), (usize, String)> {
                         k += if b[k] == b'\\' { 2 } else { 1 };
                     }
                 }
-                b'`' => k = source[k + 1..].find('`').map_or(b.len(), |e| k + 1 + e),
+                b'`' => k = find(k + 1, b"`").unwrap_or(b.len()),
                 _ => {}
             }
             k += 1;

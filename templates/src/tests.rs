@@ -645,3 +645,23 @@ fn classic_example_renders_without_edits() {
     let empty = render_data(src, catalog_of(&[("web", vec![])]));
     assert!(empty.output.contains("server 127.0.0.1:65535; # force a 502"), "{}", empty.output);
 }
+
+/// Regression: a non-ASCII identifier (Go allows Unicode letters) or non-ASCII text inside
+/// an action made the block scan slice the source inside a character, and `wharf template`
+/// (and the agent) panicked.
+#[test]
+fn non_ascii_identifiers_and_text_in_actions_do_not_panic() {
+    for src in [
+        "{{ $prénom := \"Zoé\" }}{{ $prénom }}",
+        "{{ if true }}é{{ \"ü\" }}{{ end }}",
+        "{{ /* é */ }}ok",
+        "{{ \"\\é\" }}",
+        "{{ `é` }}{{ é",
+        "日本{{ if true }}語{{ end }}",
+    ] {
+        let _ = Template::parse("t.ctmpl", src);
+    }
+    assert_eq!(render("{{ $prénom := \"Zoé\" }}{{ $prénom }}"), "Zoé");
+    let e = Template::parse("t.ctmpl", "é\n{{ if true }}ü").expect_err("unclosed if");
+    assert!(e.to_string().contains("t.ctmpl:2:"), "{e}");
+}
