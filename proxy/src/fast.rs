@@ -213,14 +213,6 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-fn cookie_value(values: &[&[u8]], name: &str) -> Option<Vec<u8>> {
-    values.iter().flat_map(|v| v.split(|&b| b == b';')).find_map(|kv| {
-        let kv = kv.trim_ascii();
-        let eq = kv.iter().position(|&b| b == b'=')?;
-        (kv[..eq].trim_ascii() == name.as_bytes()).then(|| kv[eq + 1..].trim_ascii().to_vec())
-    })
-}
-
 impl<A> FastPath<A> {
     /// Parses the buffered request and, when the fast path takes it, writes the head to send
     /// upstream into `out`.
@@ -295,7 +287,7 @@ impl<A> FastPath<A> {
             Policy::Hash(HashKey::Cookie(name)) => {
                 let values: Vec<&[u8]> =
                     req.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("cookie")).map(|f| f.value).collect();
-                cookie_value(&values, name)
+                crate::request::cookie_value(&values, name)
             }
             Policy::Hash(HashKey::ClientIp) => client.map(|c| c.text.as_bytes().to_vec()),
             _ => None,
@@ -315,7 +307,7 @@ impl<A> FastPath<A> {
             None => out.extend_from_slice(target.as_bytes()),
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut forwarded_for: Vec<u8> = Vec::new();
+        let mut forwarded_for: Vec<&[u8]> = Vec::new();
         for f in req.headers.iter() {
             let name = f.name;
             if is_hop_by_hop(name)
@@ -327,13 +319,7 @@ impl<A> FastPath<A> {
                 continue;
             }
             if name.eq_ignore_ascii_case("x-forwarded-for") {
-                let v = f.value.trim_ascii();
-                if !v.is_empty() {
-                    if !forwarded_for.is_empty() {
-                        forwarded_for.extend_from_slice(b", ");
-                    }
-                    forwarded_for.extend_from_slice(v);
-                }
+                forwarded_for.push(f.value);
                 continue;
             }
             out.extend_from_slice(name.as_bytes());
@@ -341,19 +327,17 @@ impl<A> FastPath<A> {
             out.extend_from_slice(f.value);
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(ip) = client.map(|c| c.text.as_str()) {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            if !forwarded_for.is_empty() {
-                out.extend_from_slice(&forwarded_for);
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(ip.as_bytes());
-            out.extend_from_slice(b"\r\nX-Real-IP: ");
-            out.extend_from_slice(ip.as_bytes());
+        let ip = client.map(|c| c.text.as_str());
+        const XFF: &[u8] = b"X-Forwarded-For: ";
+        out.extend_from_slice(XFF);
+        if crate::request::append_forwarded_for(&forwarded_for, ip, out) {
             out.extend_from_slice(b"\r\n");
-        } else if !forwarded_for.is_empty() {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(&forwarded_for);
+        } else {
+            out.truncate(out.len() - XFF.len());
+        }
+        if let Some(ip) = ip {
+            out.extend_from_slice(b"X-Real-IP: ");
+            out.extend_from_slice(ip.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
@@ -1206,10 +1190,7 @@ mod tests {
     }
 
     #[test]
-    fn cookies_and_tokens() {
-        assert_eq!(cookie_value(&[b"a=1; sid=xyz; b=2"], "sid"), Some(b"xyz".to_vec()));
-        assert_eq!(cookie_value(&[b"a=1", b"sid=q"], "sid"), Some(b"q".to_vec()));
-        assert_eq!(cookie_value(&[b"a=1"], "sid"), None);
+    fn tokens_and_lengths() {
         assert!(has_token(b"keep-alive, Close", "close"));
         assert!(!has_token(b"closed", "close"));
         assert_eq!(parse_length(b" 12 "), Some(12));

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod fast;
 pub mod header_deadline;
 pub mod metrics;
+pub mod request;
 pub mod route_table;
 pub mod service;
 pub mod tls;

@@ -178,10 +178,8 @@ fn request_host(req: &RequestHeader) -> String {
 }
 
 fn cookie_value(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
-    req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.as_bytes().to_vec())
-    })
+    let values: Vec<&[u8]> = req.headers.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+    crate::request::cookie_value(&values, name)
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -377,13 +375,14 @@ impl ProxyHttp for WharfProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = client_ip(session) {
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
-            };
-            upstream.insert_header("X-Forwarded-For", xff)?;
-            upstream.insert_header("X-Real-IP", ip.to_string())?;
+        let ip = client_ip(session).map(|ip| ip.to_string());
+        let values: Vec<&[u8]> = upstream.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+        let mut chain = Vec::new();
+        if crate::request::append_forwarded_for(&values, ip.as_deref(), &mut chain) {
+            upstream.insert_header("X-Forwarded-For", chain)?;
+        }
+        if let Some(ip) = ip {
+            upstream.insert_header("X-Real-IP", ip)?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;

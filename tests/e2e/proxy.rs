@@ -910,3 +910,50 @@ async fn an_instance_in_maintenance_leaves_the_pool_and_finishes_its_requests() 
     p.api.put_ok(&format!("/v1/agent/service/maintenance/web-{}?enable=false", b1.port()), "").await;
     wait_pool(&p, "web", 2).await;
 }
+
+/// The same requests through both paths, the fast path (HTTP/1.1) and Pingora's
+/// (HTTP/1.0): a cookie written with spaces picks the same instance, and two
+/// X-Forwarded-For lines reach the backend as the same one merged chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_forward_the_same_request() {
+    let p = ProxyAgent::start(&[]).await;
+    let backends = [Backend::start("s1").await, Backend::start("s2").await, Backend::start("s3").await];
+    for b in &backends {
+        p.api
+            .put_ok(
+                "/v1/agent/service/register",
+                backend_service(b, "web", json!({"Meta": {"wharf-lb": "hash:cookie:sid"}})),
+            )
+            .await;
+    }
+    wait_pool(&p, "web", 3).await;
+    let addr = p.proxy.trim_start_matches("http://").to_string();
+    let body = |resp: &str| resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let ask = |version: &'static str, path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let req = format!(
+                "GET {path} {version}\r\nHost: web.localhost\r\nCookie: a=1; sid = abc ; b=2\r\n\
+                 X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nConnection: close\r\n\r\n"
+            );
+            let req: &'static [u8] = Box::leak(req.into_bytes().into_boxed_slice());
+            one_shot(&addr, req).await
+        }
+    };
+    let mut picked = Vec::new();
+    let mut chains = Vec::new();
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        for _ in 0..3 {
+            let r = ask(version, "/who").await;
+            assert!(r.contains(" 200 "), "{version}: {r}");
+            picked.push((version, body(&r).split_whitespace().next().unwrap_or_default().to_string()));
+        }
+        let r = ask(version, "/headers").await;
+        let seen: Value = serde_json::from_str(&body(&r)).unwrap_or_else(|e| panic!("{version}: {e}: {r}"));
+        chains.push((version, seen["x-forwarded-for"].clone()));
+    }
+    let first = &picked[0].1;
+    assert!(picked.iter().all(|(_, b)| b == first), "one instance for sid=abc on both paths: {picked:?}");
+    assert_eq!(chains[0].1, json!("1.1.1.1, 2.2.2.2, 127.0.0.1"), "{chains:?}");
+    assert_eq!(chains[0].1, chains[1].1, "the same chain on both paths: {chains:?}");
+}
