@@ -138,6 +138,12 @@ pub fn decode_create(body: &[u8], default_node: &str, id: String) -> Result<Sess
     })
 }
 
+/// A JSON answer that carries no index (a write's).
+fn json_response_plain(v: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "application/json")], v.to_string()).into_response()
+}
+
 pub async fn create(State(st): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
     read_opts(&st, &raw)?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -150,11 +156,6 @@ pub async fn create(State(st): State<ApiState>, RawQuery(raw): RawQuery, body: B
     Ok(json_response_plain(json!({"ID": id})))
 }
 
-fn json_response_plain(v: Value) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    ([("content-type", "application/json")], v.to_string()).into_response()
-}
-
 pub async fn destroy(State(st): State<ApiState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {
     read_opts(&st, &raw)?;
     write(&st, Command::SessionDestroy { id }).await?;
@@ -162,16 +163,14 @@ pub async fn destroy(State(st): State<ApiState>, Path(id): Path<String>, RawQuer
 }
 
 pub async fn renew(State(st): State<ApiState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {
-    read_opts(&st, &raw)?;
+    let (_, q) = read_opts(&st, &raw)?;
     match write(&st, Command::SessionRenew { id: id.clone() }).await {
         Ok(_) => {}
         Err(ApiError::BadRequest(m)) => return Err(ApiError::NotFound(m)),
         Err(e) => return Err(e),
     }
     let (found, index) = st.catalog.snapshot().session(&id);
-    let list: Vec<Value> = found.iter().map(view).collect();
-    let (_, q) = read_opts(&st, &raw)?;
-    Ok(json_response(&st, index, &q, Value::Array(list)))
+    Ok(json_response(&st, index, &q, Value::Array(found.iter().map(view).collect())))
 }
 
 pub async fn info(State(st): State<ApiState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult {
