@@ -13,6 +13,15 @@ fn service_ids(v: &Value) -> Vec<String> {
     ids
 }
 
+/// A dev agent in `dir` reading `--config-dir conf`, ready.
+async fn dev_agent_with_config_dir(dir: &std::path::Path, conf: &std::path::Path) -> Agent {
+    let mut agent =
+        Agent::new(dir.join("data"), "node-1", vec!["--config-dir".into(), conf.to_str().expect("utf8").into()], None);
+    agent.start(&["--dev"]);
+    agent.wait_ready().await;
+    agent
+}
+
 #[tokio::test]
 async fn config_dir_loads_and_reloads() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -35,14 +44,7 @@ async fn config_dir_loads_and_reloads() {
     .expect("write");
     std::fs::write(conf.join("README.txt"), "not a definition").expect("write");
 
-    let mut agent = Agent::new(
-        tmp.path().join("data"),
-        "node-1",
-        vec!["--config-dir".into(), conf.to_str().expect("utf8").into()],
-        None,
-    );
-    agent.start(&["--dev"]);
-    agent.wait_ready().await;
+    let mut agent = dev_agent_with_config_dir(tmp.path(), &conf).await;
     let api = Api::new(&agent);
     wait_for("config dir services", Duration::from_secs(10), || async {
         service_ids(&api.get_json("/v1/agent/services").await.0) == ["api", "db-1", "web-1"]
@@ -111,14 +113,7 @@ async fn agent_keys_in_config_files_are_applied_or_refused_by_name() {
     std::fs::create_dir_all(&conf).expect("mkdir");
     std::fs::write(conf.join("agent.json"), r#"{"datacenter": "dc7", "enable_script_checks": true}"#).expect("write");
     std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "port": 80}}"#).expect("write");
-    let mut agent = Agent::new(
-        tmp.path().join("data"),
-        "node-1",
-        vec!["--config-dir".into(), conf.to_str().expect("utf8").into()],
-        None,
-    );
-    agent.start(&["--dev"]);
-    agent.wait_ready().await;
+    let mut agent = dev_agent_with_config_dir(tmp.path(), &conf).await;
     let api = Api::new(&agent);
     let (dcs, _) = api.get_json("/v1/catalog/datacenters").await;
     assert_eq!(dcs, serde_json::json!(["dc7"]), "datacenter from the file");
