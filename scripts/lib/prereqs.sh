@@ -34,3 +34,21 @@ build_prereqs() {
   apt_install cmake gcc make
   command -v cmake >/dev/null || die "cmake is installed but not on the PATH"
 }
+
+# ensure_docker_engine: makes `docker info` answer, starting dockerd (as root, logging to
+# $WHARF_DOCKERD_LOG) when it is installed but not running; fails loudly otherwise.
+ensure_docker_engine() {
+  docker info >/dev/null 2>&1 && return 0
+  command -v dockerd >/dev/null \
+    || die "the Docker engine is not reachable and dockerd is not installed: install docker.io (or Docker Engine) and start it"
+  [[ $(id -u) -eq 0 ]] \
+    || die "the Docker engine is not reachable: start it (sudo systemctl start docker, or sudo dockerd &), then run this again"
+  local log="${WHARF_DOCKERD_LOG:-/tmp/wharf-dockerd.log}" i
+  say "starting dockerd (log: $log)"
+  setsid nohup dockerd >"$log" 2>&1 </dev/null &
+  for ((i = 0; i < 120; i++)); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  die "dockerd did not answer within 60 s: see $log"
+}
