@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use discovery::health::probe;
-use discovery::model::CheckDefinition;
+use catalog::model::CheckDefinition;
+use local_agent::health::probe;
 use plugins::{Instance, PluginConfig, PluginHost, Status};
 
 mod support;
@@ -92,7 +92,7 @@ async fn builtin_rate(port: u16, n: usize) -> Result<f64, String> {
         }
         if let Some(r) = set.join_next().await {
             let (status, output) = r.map_err(|e| e.to_string())?;
-            if status != discovery::model::CheckStatus::Passing {
+            if status != catalog::model::CheckStatus::Passing {
                 return Err(output);
             }
         }

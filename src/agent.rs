@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
+use catalog::Cluster;
+use catalog::command::Command;
+use catalog::model::AgentInfo;
+use catalog::model::{CheckStatus, HealthCheck};
 use clap::Args;
-use discovery::api::{self, AgentControl, AgentInfo, ApiState};
-use discovery::catalog::Cluster;
-use discovery::command::Command;
-use discovery::dns::{DnsConfig, DnsOptions, DnsServer};
-use discovery::model::{CheckStatus, HealthCheck};
-use discovery::raft::network;
-use discovery::raft::node::{RaftNode, RaftSettings};
-use discovery::store::raft_id_from_uuid;
+use consul_api::{AgentControl, ApiState};
+use dns::{DnsConfig, DnsOptions, DnsServer};
+use raft::node::{RaftNode, RaftSettings};
+use raft::server as raft_server;
+use raft::store::raft_id_from_uuid;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -159,7 +160,7 @@ pub struct AgentArgs {
     /// Watch the local Docker engine (`/var/run/docker.sock`, or DOCKER_HOST): off, auto
     /// (when the socket exists) or on (also WHARF_DOCKER).
     #[arg(long, default_value = "auto", value_name = "off|auto|on", env = "WHARF_DOCKER")]
-    pub docker: discovery::docker::DockerWatch,
+    pub docker: local_agent::docker::DockerWatch,
     /// Register containers' exposed ports at their container IP instead of published host
     /// ports (Registrator's -internal).
     #[arg(long)]
@@ -246,7 +247,7 @@ fn parse_bool_flag(s: &str) -> Result<bool, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    discovery::duration::parse_go_duration(s, false)
+    catalog::duration::parse_go_duration(s, false)
 }
 
 fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
@@ -255,12 +256,12 @@ fn parse_policy(s: &str) -> Result<proxy::Policy, String> {
 
 /// The agent's settings after defaults and validation.
 struct Resolved {
-    check_policy: discovery::health::CheckPolicy,
+    check_policy: local_agent::health::CheckPolicy,
     /// The Wasm plugin host, when `--plugin-dir` is given.
     plugin_host: Option<Arc<plugins::PluginHost>>,
     proxy: Option<ProxySettings>,
     /// `None` when Docker is not watched.
-    docker: Option<discovery::docker::labels::Mode>,
+    docker: Option<local_agent::docker::labels::Mode>,
     info: AgentInfo,
     raft: RaftSettings,
     http_addr: SocketAddr,
@@ -541,7 +542,7 @@ fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
         None => None,
     };
     crate::template_cmd::check_agent_templates(&args.templates)?;
-    let docker = args.docker.enabled().then(|| discovery::docker::labels::Mode {
+    let docker = args.docker.enabled().then(|| local_agent::docker::labels::Mode {
         internal: args.docker_internal,
         network: args.docker_network.clone(),
         explicit: args.docker_explicit,
@@ -550,11 +551,11 @@ fn resolve(args: &AgentArgs, file: &FileConfig) -> Result<Resolved> {
         datacenter: info.datacenter.clone(),
     });
     Ok(Resolved {
-        check_policy: discovery::health::CheckPolicy {
+        check_policy: local_agent::health::CheckPolicy {
             enable_script_checks: args.enable_script_checks.or(file.enable_script_checks).unwrap_or(false),
             wasm: plugin_host
                 .clone()
-                .map(|h| Arc::new(crate::wasm::WasmChecks(h)) as Arc<dyn discovery::health::WasmRunner>),
+                .map(|h| Arc::new(crate::wasm::WasmChecks(h)) as Arc<dyn local_agent::health::WasmRunner>),
         },
         plugin_host,
         docker,
@@ -638,11 +639,11 @@ async fn register_self(cluster: &dyn Cluster, info: &AgentInfo, mut stop: watch:
         ..Default::default()
     };
     let port = info.raft_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(8300);
-    let consul = info.server.then(|| discovery::model::Service {
+    let consul = info.server.then(|| catalog::model::Service {
         id: "consul".into(),
         service: "consul".into(),
         port,
-        weights: discovery::model::Weights { passing: 1, warning: 1 },
+        weights: catalog::model::Weights { passing: 1, warning: 1 },
         datacenter: info.datacenter.clone(),
         ..Default::default()
     });
@@ -723,7 +724,7 @@ async fn serve(r: Resolved) -> Result<bool> {
         });
     }
 
-    let raft_router = network::router(node.clone());
+    let raft_router = raft_server::router(node.clone());
     let mut raft_stop = stop_rx.clone();
     let raft_server = tokio::spawn(async move {
         axum::serve(raft_listener, raft_router)
@@ -737,7 +738,7 @@ async fn serve(r: Resolved) -> Result<bool> {
     let info = Arc::new(r.info.clone());
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cluster: Arc<dyn Cluster> = node.clone();
-    let mut metrics: Vec<api::MetricsRenderer> = Vec::new();
+    let mut metrics: Vec<consul_api::MetricsRenderer> = Vec::new();
     if let Some(host) = r.plugin_host.clone() {
         tracing::info!(dir = %host.dir().display(), "Wasm plugins enabled");
         metrics.push(Arc::new(move |out: &mut String| host.metrics.render(out)));
@@ -764,8 +765,8 @@ async fn serve(r: Resolved) -> Result<bool> {
     };
     crate::template_cmd::spawn_in_agent(&r.templates, &catalog, &info.node_name, &info.datacenter, stop_rx.clone())?;
     let state_catalog = catalog.clone();
-    let ttl = discovery::health::TtlHeartbeats::default();
-    let health_metrics = Arc::new(discovery::health::HealthMetrics::default());
+    let ttl = local_agent::health::TtlHeartbeats::default();
+    let health_metrics = Arc::new(local_agent::health::HealthMetrics::default());
     {
         let m = health_metrics.clone();
         metrics.push(Arc::new(move |out: &mut String| m.render(out)));
@@ -776,14 +777,13 @@ async fn serve(r: Resolved) -> Result<bool> {
         agent: info.clone(),
         control: control_tx,
         metrics,
-        ttl: ttl.clone(),
-        check_policy: r.check_policy.clone(),
-        applied: api::session::AppliedClock::default(),
+        local: Arc::new(AgentChecks { policy: r.check_policy.clone(), ttl: ttl.clone() }),
+        applied: consul_api::session::AppliedClock::default(),
     };
     tokio::spawn(state.applied.clone().run(state.catalog.clone()));
     let mut http_stop = stop_rx.clone();
     let http_server = tokio::spawn(async move {
-        axum::serve(http_listener, api::router(state))
+        axum::serve(http_listener, consul_api::router(state))
             .with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             })
@@ -795,24 +795,24 @@ async fn serve(r: Resolved) -> Result<bool> {
     );
 
     register_self(cluster.as_ref(), &info, stop_rx.clone()).await;
-    let checker = Arc::new(discovery::health::HealthChecker {
+    let checker = Arc::new(local_agent::health::HealthChecker {
         node: info.node_name.clone(),
         cluster: cluster.clone(),
         catalog: state_catalog.clone(),
         policy: r.check_policy.clone(),
         ttl,
         metrics: health_metrics,
-        clients: discovery::health::probe::Clients::new(),
+        clients: local_agent::health::probe::Clients::new(),
     });
     tokio::spawn(checker.run(stop_rx.clone()));
-    let ttl_timers = discovery::session_ttl::SessionTtl {
+    let ttl_timers = local_agent::session_ttl::SessionTtl {
         cluster: cluster.clone(),
         catalog: state_catalog.clone(),
         raft_addr: info.raft_addr.clone(),
     };
     tokio::spawn(ttl_timers.run(stop_rx.clone()));
     if let Some(mode) = r.docker.clone() {
-        let watcher = discovery::docker::DockerWatcher {
+        let watcher = local_agent::docker::DockerWatcher {
             mode,
             node: info.self_node(),
             cluster: cluster.clone(),
@@ -915,6 +915,23 @@ async fn serve(r: Resolved) -> Result<bool> {
     node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_server).await;
     Ok(restart)
+}
+
+/// The API's view of this agent's health checker: which definitions it admits, and where
+/// TTL heartbeats go.
+struct AgentChecks {
+    policy: local_agent::health::CheckPolicy,
+    ttl: local_agent::health::TtlHeartbeats,
+}
+
+impl consul_api::LocalChecks for AgentChecks {
+    fn admit(&self, checks: &[catalog::model::HealthCheck]) -> Result<(), String> {
+        self.policy.allows(checks)
+    }
+
+    fn ttl_beat(&self, check_id: &str) {
+        self.ttl.beat(check_id);
+    }
 }
 
 #[cfg(test)]

@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use discovery::catalog::Cluster;
-use discovery::command::{Command, Outcome};
-use discovery::decode::{ConfigFile, decode_value};
-use discovery::health::CheckPolicy;
-use discovery::model::{HealthCheck, Service};
+use catalog::Cluster;
+use catalog::command::{Command, Outcome};
+use catalog::decode::{ConfigFile, decode_value};
+use catalog::model::{HealthCheck, Service};
+use local_agent::health::CheckPolicy;
 use serde::{Deserialize, Serialize};
 
-use discovery::api::AgentInfo;
+use catalog::model::AgentInfo;
 
 /// What one load found.
 pub struct Definitions {

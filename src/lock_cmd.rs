@@ -46,7 +46,7 @@ const SESSION_TTL: Duration = Duration::from_secs(15);
 
 pub async fn run(client: &Client, args: LockArgs) -> Result<i32> {
     let key = format!("{}/.lock", args.prefix.trim_end_matches('/'));
-    let timeout = discovery::duration::parse_go_duration(&args.timeout, true).map_err(|e| anyhow!("-timeout: {e}"))?;
+    let timeout = catalog::duration::parse_go_duration(&args.timeout, true).map_err(|e| anyhow!("-timeout: {e}"))?;
     let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
     let session = Session::create(client, &args.name, SESSION_TTL, "15s").await?;
     let hold = match args.limit {

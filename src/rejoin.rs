@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use discovery::raft::network::{PeerClient, PeerInfo};
-use discovery::raft::node::RaftNode;
+use raft::client::PeerClient;
+use raft::node::RaftNode;
+use raft::wire::PeerInfo;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]

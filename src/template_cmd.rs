@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use catalog::Catalog;
 use clap::Args;
-use discovery::catalog::Catalog;
 use templates::{Builtin, BuiltinParams, RenderOptions};
 use tokio::sync::watch;
 
@@ -19,7 +19,7 @@ use crate::template_runner::{self, Feed, Job, PluginTemplates, Quiescence, Runne
 const QUERY_WAIT: Duration = Duration::from_secs(60);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    discovery::duration::parse_go_duration(s, false)
+    catalog::duration::parse_go_duration(s, false)
 }
 
 /// Options of `wharf template` (consul-template's names, single dash accepted).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use discovery::state::CatalogState;
+use catalog::state::CatalogState;
 use templates::{CatalogData, DataValue, Dependency, RenderOptions, Template, TemplateData};
 use tokio::sync::watch;
 
@@ -60,7 +60,7 @@ impl std::str::FromStr for Quiescence {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let parse = |d: &str| discovery::duration::parse_go_duration(d.trim(), false);
+        let parse = |d: &str| catalog::duration::parse_go_duration(d.trim(), false);
         let (min, max) = match s.split_once(':') {
             Some((a, b)) => (parse(a)?, parse(b)?),
             None => {

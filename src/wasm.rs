@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use discovery::health::{WasmRunner, WasmTarget};
-use discovery::model::CheckStatus;
+use catalog::model::CheckStatus;
+use local_agent::health::{WasmRunner, WasmTarget};
 use plugins::{PluginConfig, PluginHost, Status};
 
 /// Starts the plugin host on `dir` (which must exist) with `memory_mib` per instance.
@@ -21,7 +21,7 @@ pub fn plugin_host(dir: &Path, memory_mib: usize) -> Result<Arc<PluginHost>> {
     Ok(Arc::new(PluginHost::new(cfg)?))
 }
 
-/// Health-check plugins for `discovery::health`.
+/// Health-check plugins for `local_agent::health`.
 pub struct WasmChecks(pub Arc<PluginHost>);
 
 impl WasmRunner for WasmChecks {

@@ -1,6 +1,6 @@
 //! Fuzz target for wharf's DNS query handler: arbitrary bytes go through hickory's request
 //! decoding (`Request::from_bytes`, what the server runs on every datagram) into the same
-//! pure path the server answers with (`discovery::dns::answer_bytes`), against a catalog full
+//! pure path the server answers with (`dns::answer_bytes`), against a catalog full
 //! of awkward names, addresses, meta and health states.
 //!
 //! The first input byte picks the settings (4 variants) and UDP or TCP; the rest is the
@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use discovery::command::Command;
-use discovery::dns::{DnsConfig, DnsOptions, answer_bytes};
-use discovery::model::{CheckStatus, HealthCheck, Node, Service, Weights};
-use discovery::state::CatalogState;
+use catalog::command::Command;
+use dns::{DnsConfig, DnsOptions, answer_bytes};
+use catalog::model::{CheckStatus, HealthCheck, Node, Service, Weights};
+use catalog::state::CatalogState;
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use discovery::model::CheckStatus;
-use discovery::state::{CatalogState, ServiceHealth};
+use catalog::model::CheckStatus;
+use catalog::state::{CatalogState, ServiceHealth};
 
 use crate::balance::{Policy, Pool, Upstream, UpstreamState};
 use crate::metrics::{ProxyMetrics, RouteStats, ServiceStats};
@@ -297,8 +297,8 @@ impl TableBuilder {
 mod tests {
     use std::collections::BTreeMap;
 
-    use discovery::command::Command;
-    use discovery::model::{HealthCheck, Node, Service};
+    use catalog::command::Command;
+    use catalog::model::{HealthCheck, Node, Service};
 
     use super::*;
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use discovery::model::{HealthCheck, KvEntry, Node, Service};
-use discovery::state::CatalogState;
+use catalog::model::{HealthCheck, KvEntry, Node, Service};
+use catalog::state::CatalogState;
 
 use crate::data::{
     CheckInfo, DataValue, Dependency, KvPair, NodeInfo, NodeService, NodeServices, ServiceEntry, ServiceSummary,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use gotmpl::{TemplateError as GoError, Value};
 
 use crate::data::{DataValue, Dependency, KvPair};
-use crate::engine::{AT_FUNC, CONTAINS_METHOD, Scope, SharedScope, lock};
 use crate::query;
+use crate::scope::{AT_FUNC, CONTAINS_METHOD, Scope, SharedScope, lock};
 use crate::timefmt;
 use crate::value::{self, list, s};
 

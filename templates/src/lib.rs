@@ -12,6 +12,7 @@ mod catalog_data;
 mod engine;
 mod funcs;
 mod query;
+mod scope;
 mod timefmt;
 mod value;
 
@@ -21,8 +22,9 @@ pub mod data;
 pub use builtin::{Builtin, BuiltinParams};
 pub use catalog_data::CatalogData;
 pub use data::{DataValue, Dependency, StaticData, TemplateData};
-pub use engine::{EnvLookup, RenderOptions, Rendered, Template, TemplateError};
+pub use engine::{Rendered, Template, TemplateError};
 pub use query::{ServiceQuery, parse_service};
+pub use scope::{EnvLookup, RenderOptions};
 
 #[cfg(test)]
 mod tests;

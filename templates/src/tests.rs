@@ -481,9 +481,9 @@ fn runtime_errors_name_template_and_position() {
 
 mod catalog {
     use super::*;
-    use discovery::command::Command;
-    use discovery::model::{CheckStatus, HealthCheck, Node, Service, Weights};
-    use discovery::state::CatalogState;
+    use ::catalog::command::Command;
+    use ::catalog::model::{CheckStatus, HealthCheck, Node, Service, Weights};
+    use ::catalog::state::CatalogState;
 
     fn register(
         st: &mut CatalogState,

@@ -1,0 +1,10 @@
+//! The local agent's registration sources and duties: everything that *writes* to the
+//! catalog from what this host sees, as opposed to the catalog itself.
+//!
+//! - `docker`: Registrator's job, following the Docker engine's containers and events.
+//! - `health`: runs the checks this agent owns and writes status changes.
+//! - `session_ttl`: on the leader, invalidates sessions whose TTL ran out.
+
+pub mod docker;
+pub mod health;
+pub mod session_ttl;

@@ -1,0 +1,329 @@
+//! The catalog's records, shaped and named exactly as Consul's HTTP API shows them.
+//!
+//! These types are both what the state machine stores and what the API serialises, so a
+//! field renamed here is a wire-format change. Field names follow Consul's casing
+//! (`ServiceID`, `TLSSkipVerify`, ...); see `decode.rs` for the case-insensitive reading
+//! of request bodies and config files.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A check's state. Ordered from best to worst so the aggregate of several checks is
+/// their maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Passing,
+    Warning,
+    #[default]
+    Critical,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "passing" => Some(CheckStatus::Passing),
+            "warning" => Some(CheckStatus::Warning),
+            "critical" => Some(CheckStatus::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// Consul's `Weights`: how much traffic an instance gets while passing or warning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights { passing: 1, warning: 1 }
+    }
+}
+
+/// A node of the catalog (Consul's `structs.Node`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub datacenter: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A service instance registered on a node (Consul's `structs.NodeService`, as
+/// `/v1/agent/services` and the `Service` part of `/v1/health/service` show it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Service {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub datacenter: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// How a check is run. Stored with the check so the agent that owns it can run it
+/// (a later stage); the catalog itself only keeps and shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CheckDefinition {
+    #[serde(rename = "HTTP", skip_serializing_if = "String::is_empty")]
+    pub http: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub header: BTreeMap<String, Vec<String>>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    #[serde(rename = "TLSSkipVerify")]
+    pub tls_skip_verify: bool,
+    #[serde(rename = "TCP", skip_serializing_if = "String::is_empty")]
+    pub tcp: String,
+    #[serde(rename = "TTL", skip_serializing_if = "String::is_empty")]
+    pub ttl: String,
+    #[serde(rename = "GRPC", skip_serializing_if = "String::is_empty")]
+    pub grpc: String,
+    #[serde(rename = "GRPCUseTLS")]
+    pub grpc_use_tls: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmCheck>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub interval: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub timeout: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub deregister_critical_service_after: String,
+    pub success_before_passing: u32,
+    pub failures_before_warning: u32,
+    pub failures_before_critical: u32,
+}
+
+/// A check implemented by a Wasm plugin from `--plugin-dir`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WasmCheck {
+    pub module: String,
+    pub config: String,
+}
+
+impl CheckDefinition {
+    /// Consul's `Type` of a check, derived from which probe field is set.
+    pub fn kind(&self) -> &'static str {
+        if !self.http.is_empty() {
+            "http"
+        } else if !self.tcp.is_empty() {
+            "tcp"
+        } else if !self.ttl.is_empty() {
+            "ttl"
+        } else if !self.grpc.is_empty() {
+            "grpc"
+        } else if !self.args.is_empty() {
+            "script"
+        } else if self.wasm.is_some() {
+            "wasm"
+        } else {
+            ""
+        }
+    }
+}
+
+/// A health check (Consul's `structs.HealthCheck`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheck {
+    pub node: String,
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub name: String,
+    pub status: CheckStatus,
+    pub notes: String,
+    pub output: String,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    pub service_name: String,
+    pub service_tags: Vec<String>,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub interval: String,
+    pub timeout: String,
+    pub definition: CheckDefinition,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A key/value entry (Consul's `structs.DirEntry`). `value` is raw bytes here; the API
+/// turns it into base64.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
+    pub flags: u64,
+    pub lock_index: u64,
+    pub session: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// What happens to the keys a session holds when it is invalidated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBehavior {
+    /// The locks are released; the keys stay.
+    #[default]
+    Release,
+    /// The keys are deleted.
+    Delete,
+}
+
+/// A session (Consul's `structs.Session`): the owner of KV locks, tied to a node and its
+/// checks, and optionally to a TTL that must be renewed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// Node-level checks (by ID) whose failure invalidates the session.
+    pub node_checks: Vec<String>,
+    /// Service checks (by ID) whose failure invalidates the session.
+    pub service_checks: Vec<String>,
+    /// After invalidation, how long its locks cannot be taken again, in milliseconds.
+    pub lock_delay_ms: u64,
+    pub behavior: SessionBehavior,
+    /// A Go duration, or empty for none.
+    pub ttl: String,
+    /// Bumped by every renewal: the leader's TTL timers watch it (not shown by the API).
+    pub renewals: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Consul's size limit for one KV value.
+pub const MAX_KV_VALUE_BYTES: usize = 512 * 1024;
+
+/// Tags as Consul matches them: every wanted tag must be present (repeated `?tag` = AND),
+/// compared case-sensitively.
+pub fn has_all_tags(tags: &[String], wanted: &[String]) -> bool {
+    wanted.iter().all(|w| tags.iter().any(|t| t == w))
+}
+
+/// What the agent knows about itself.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub node_name: String,
+    pub node_id: String,
+    pub datacenter: String,
+    pub advertise: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub server: bool,
+    pub version: String,
+    pub data_dir: String,
+}
+
+impl AgentInfo {
+    /// This agent's node record as it registers itself.
+    pub fn self_node(&self) -> Node {
+        let addr = self.advertise.clone();
+        Node {
+            id: self.node_id.clone(),
+            node: self.node_name.clone(),
+            address: addr.clone(),
+            datacenter: self.datacenter.clone(),
+            tagged_addresses: BTreeMap::from([
+                ("lan".to_string(), addr.clone()),
+                ("lan_ipv4".to_string(), addr.clone()),
+                ("wan".to_string(), addr.clone()),
+                ("wan_ipv4".to_string(), addr),
+            ]),
+            meta: BTreeMap::from([
+                ("wharf-version".to_string(), self.version.clone()),
+                ("wharf-role".to_string(), if self.server { "server" } else { "client" }.to_string()),
+                ("wharf-raft-addr".to_string(), self.raft_addr.clone()),
+            ]),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_orders_from_best_to_worst() {
+        let worst = [CheckStatus::Passing, CheckStatus::Critical, CheckStatus::Warning].into_iter().max();
+        assert_eq!(worst, Some(CheckStatus::Critical));
+        assert!(CheckStatus::Passing < CheckStatus::Warning);
+    }
+
+    #[test]
+    fn service_serialises_with_consul_casing() {
+        let s = Service { id: "web1".into(), service: "web".into(), port: 8080, ..Default::default() };
+        let v = serde_json::to_value(&s).expect("serialise");
+        assert_eq!(v["ID"], "web1");
+        assert_eq!(v["Service"], "web");
+        assert_eq!(v["Weights"]["Passing"], 1);
+        assert_eq!(v["EnableTagOverride"], false);
+    }
+
+    #[test]
+    fn check_kind_follows_probe_field() {
+        let d = CheckDefinition { tcp: "127.0.0.1:1".into(), ..Default::default() };
+        assert_eq!(d.kind(), "tcp");
+        assert_eq!(CheckDefinition::default().kind(), "");
+    }
+
+    #[test]
+    fn tags_are_and_matched() {
+        let tags = vec!["a".to_string(), "b".to_string()];
+        assert!(has_all_tags(&tags, &["a".into(), "b".into()]));
+        assert!(!has_all_tags(&tags, &["a".into(), "c".into()]));
+        assert!(has_all_tags(&tags, &[]));
+    }
+}
+
+/// Serde adapter writing byte values as base64 strings (compact in the Raft log and
+/// snapshots, and Consul's representation of KV values).
+pub mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}

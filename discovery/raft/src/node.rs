@@ -1,0 +1,548 @@
+//! The Raft node: opens storage, starts openraft, bootstraps or joins the cluster, and
+//! implements [`Cluster`] for the API: writes go to the local Raft if it leads, otherwise
+//! they are forwarded to the leader over the Raft port; a write answers once it is applied
+//! locally too, so a client reads its own writes from the agent it wrote to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Network, PeerClient};
+use crate::store;
+use crate::types::{Node, NodeId, Raft};
+use crate::wire::{ForwardedWrite, ForwardedWriteResult, JoinRequest, PeerInfo};
+use catalog::command::{Command, Outcome};
+use catalog::{Catalog, Cluster, ClusterError, LeaderStatus, Written};
+
+/// How this node takes part in Raft.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub node_id: NodeId,
+    /// The address other servers reach this node's Raft port at (`host:port`).
+    pub raft_addr: String,
+    pub data_dir: PathBuf,
+    pub cluster_key: String,
+    /// Servers expected before the cluster bootstraps; 0 means "join an existing one".
+    pub bootstrap_expect: usize,
+    /// Raft addresses of servers to contact for bootstrap or join.
+    pub retry_join: Vec<String>,
+    /// Servers vote; client agents join as learners.
+    pub voter: bool,
+    /// Log entries between snapshots.
+    pub snapshot_threshold: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open Raft storage in {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("Raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A write waiting for the group-commit loop, with where to send its result.
+type Proposal = (Command, oneshot::Sender<ProposeResult>);
+/// `Ok(Err(leader))`: this node does not lead; `leader` is where to forward.
+type ProposeResult = Result<Result<Written, Option<String>>, ClusterError>;
+
+/// Most commands committed in one log entry.
+const MAX_BATCH: usize = 512;
+
+pub struct RaftNode {
+    raft: Raft,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    settings: RaftSettings,
+    client: PeerClient,
+    catalog: Catalog,
+    last_leader_contact: Mutex<Option<Instant>>,
+    /// Peers that introduced themselves while this node was not yet in a cluster, and when.
+    heard: Mutex<BTreeMap<NodeId, (PeerInfo, Instant)>>,
+    /// Join targets added at run time (`wharf join`), beside `settings.retry_join`.
+    extra_joins: Mutex<Vec<String>>,
+}
+
+/// How long an introduction counts towards `bootstrap_expect`.
+const HEARD_FRESH: Duration = Duration::from_secs(10);
+
+/// How long a forwarded write may take before the client is told.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn forward_target(e: &ForwardToLeader<NodeId, Node>) -> Option<String> {
+    e.leader_node.as_ref().map(|n| n.addr.clone())
+}
+
+impl RaftNode {
+    /// Opens storage in `settings.data_dir` and starts Raft. Returns the node and the
+    /// read handle on the catalog it replicates.
+    pub async fn start(settings: RaftSettings) -> Result<(Arc<RaftNode>, Catalog), StartError> {
+        let raft_dir = settings.data_dir.join("raft");
+        let (log_store, sm) = store::open(&raft_dir)
+            .map_err(|e| StartError::Storage { dir: raft_dir.display().to_string(), reason: e.to_string() })?;
+        let catalog = Catalog::new(sm.subscribe());
+        let config = Config {
+            cluster_name: "wharf".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold.max(1)),
+            max_in_snapshot_log_to_keep: 1000,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let client = PeerClient::new(&settings.cluster_key);
+        let network = Network { client: client.clone() };
+        let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (proposals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit(raft.clone(), rx));
+        let node = Arc::new(RaftNode {
+            raft,
+            proposals,
+            settings,
+            client,
+            catalog: catalog.clone(),
+            last_leader_contact: Mutex::new(None),
+            heard: Mutex::new(BTreeMap::new()),
+            extra_joins: Mutex::new(Vec::new()),
+        });
+        Ok((node, catalog))
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn cluster_key(&self) -> &str {
+        &self.settings.cluster_key
+    }
+
+    pub fn raft_addr(&self) -> &str {
+        &self.settings.raft_addr
+    }
+
+    /// Called by the Raft server on every append/snapshot from the leader.
+    pub fn note_leader_contact(&self) {
+        if let Ok(mut t) = self.last_leader_contact.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.settings.node_id) && m.state == ServerState::Leader
+    }
+
+    /// Proposes on this node through the group-commit loop; if it is not the leader, says
+    /// where the leader is.
+    async fn propose(&self, cmd: Command) -> ProposeResult {
+        let (tx, rx) = oneshot::channel();
+        self.proposals.send((cmd, tx)).map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?;
+        rx.await.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?
+    }
+
+    /// A write from another server's forwarding: only the leader answers it.
+    pub async fn write_local(&self, cmd: Command) -> Result<Written, ClusterError> {
+        match self.propose(cmd).await? {
+            Ok(w) => Ok(w),
+            Err(leader) => Err(ClusterError::NoLeader(match leader {
+                Some(l) => format!("this server is not the leader any more (leader is {l})"),
+                None => "this server is not the leader and knows none".to_string(),
+            })),
+        }
+    }
+
+    /// The leader's answer to "up to which index must I apply for a linearizable read".
+    pub async fn local_read_index(&self) -> Result<u64, ClusterError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(ClusterError::NoLeader("this server is not the leader".into()))
+            }
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// Adds a server (voter) or client agent (learner) to the cluster; forwarded to the
+    /// leader when this node does not lead.
+    pub async fn accept_join(&self, req: JoinRequest) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            let leader =
+                self.leader_addr().ok_or_else(|| ClusterError::NoLeader("no leader to join through".into()))?;
+            if leader == self.settings.raft_addr {
+                return Err(ClusterError::NoLeader("leadership is changing".into()));
+            }
+            return self
+                .client
+                .post::<_, bool>(&leader, "/raft/join", &req, FORWARD_TIMEOUT)
+                .await
+                .map(|_| ())
+                .map_err(|e| ClusterError::Forward { leader, reason: e.to_string() });
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let known = membership.get_node(&req.node_id).map(|n| n.addr.clone());
+        let is_voter = membership.voter_ids().any(|v| v == req.node_id);
+        if known.as_deref() != Some(req.raft_addr.as_str()) {
+            self.raft
+                .add_learner(req.node_id, Node::new(req.raft_addr.clone()), true)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        if req.voter && !is_voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])), true)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        tracing::info!(node_id = req.node_id, addr = %req.raft_addr, voter = req.voter, "member joined");
+        Ok(())
+    }
+
+    pub async fn peer_info(&self) -> PeerInfo {
+        PeerInfo {
+            node_id: self.settings.node_id,
+            raft_addr: self.settings.raft_addr.clone(),
+            initialized: self.raft.is_initialized().await.unwrap_or(false),
+            leader_addr: self.leader_addr(),
+            voter: self.settings.voter,
+            bootstrap_expect: self.settings.bootstrap_expect,
+        }
+    }
+
+    /// Raft addresses of every member, voters and learners.
+    pub fn member_addrs(&self) -> Vec<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+    }
+
+    /// The leader's Raft address, when one is known.
+    pub fn current_leader_addr(&self) -> Option<String> {
+        self.leader_addr()
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Records a peer's introduction (see `/raft/hello`).
+    pub fn heard_from(&self, from: PeerInfo) {
+        if from.node_id == self.settings.node_id {
+            return;
+        }
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.retain(|_, (_, at)| at.elapsed() < HEARD_FRESH);
+            heard.insert(from.node_id, (from, Instant::now()));
+        }
+    }
+
+    /// Adds a join target at run time; the bootstrap loop contacts it from now on.
+    pub fn add_join_target(&self, addr: String) {
+        if let Ok(mut extra) = self.extra_joins.lock()
+            && !extra.contains(&addr)
+        {
+            extra.push(addr);
+        }
+    }
+
+    fn join_targets(&self) -> Vec<String> {
+        let mut all = self.settings.retry_join.clone();
+        if let Ok(extra) = self.extra_joins.lock() {
+            all.extend(extra.iter().filter(|a| !self.settings.retry_join.contains(a)).cloned());
+        }
+        all.retain(|a| *a != self.settings.raft_addr);
+        all
+    }
+
+    /// Bootstraps a new cluster or joins an existing one, as configured. Runs until this
+    /// node is part of an initialized cluster; retries with a pause on every failure.
+    pub async fn bootstrap_or_join(self: Arc<Self>) {
+        let me = Node::new(self.settings.raft_addr.clone());
+        loop {
+            if self.raft.is_initialized().await.unwrap_or(false) {
+                return;
+            }
+            match self.try_bootstrap(&me).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cluster bootstrap/join: {e}; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn try_bootstrap(&self, me: &Node) -> Result<bool, String> {
+        let s = &self.settings;
+        if s.bootstrap_expect == 1 {
+            let members = BTreeMap::from([(s.node_id, me.clone())]);
+            return match self.raft.initialize(members).await {
+                Ok(()) => Ok(true),
+                Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(true),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        // Introduce this node to every join target and learn who they are; add the peers
+        // that introduced themselves here.
+        let mine = self.peer_info().await;
+        let mut peers = vec![mine.clone()];
+        for addr in self.join_targets() {
+            match self.client.post::<_, PeerInfo>(&addr, "/raft/hello", &mine, Duration::from_secs(2)).await {
+                Ok(info) => peers.push(info),
+                Err(e) => tracing::debug!("peer {addr}: {e}"),
+            }
+        }
+        if let Ok(heard) = self.heard.lock() {
+            peers.extend(heard.values().filter(|(_, at)| at.elapsed() < HEARD_FRESH).map(|(p, _)| p.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        peers.retain(|p| seen.insert(p.node_id));
+        // An existing cluster: join it.
+        if let Some(existing) = peers.iter().find(|p| p.initialized) {
+            let req = JoinRequest { node_id: s.node_id, raft_addr: s.raft_addr.clone(), voter: s.voter };
+            self.client
+                .post::<_, bool>(&existing.raft_addr, "/raft/join", &req, FORWARD_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        let Some(members) = bootstrap_members(s.node_id, s.bootstrap_expect, &peers) else {
+            return Ok(false);
+        };
+        tracing::info!(servers = ?members.values().map(|n| n.addr.clone()).collect::<Vec<_>>(), "bootstrapping the cluster");
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Removes this server from the voters (a graceful leave), through the leader.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        if voters.len() <= 1 || !voters.contains(&self.settings.node_id) {
+            return Ok(());
+        }
+        if self.is_leader() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([self.settings.node_id])), false)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+
+    async fn write_via_cluster(&self, cmd: Command) -> Result<Written, ClusterError> {
+        let leader = match self.propose(cmd.clone()).await? {
+            Ok(w) => return Ok(w),
+            Err(Some(leader)) => leader,
+            Err(None) => {
+                // Election in progress: wait briefly for a leader rather than failing.
+                let mut m = self.raft.metrics();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    if m.borrow().current_leader.is_some() {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, m.changed()).await.is_err() {
+                        return Err(ClusterError::NoLeader("no leader elected within 5s".into()));
+                    }
+                }
+                match self.propose(cmd.clone()).await? {
+                    Ok(w) => return Ok(w),
+                    Err(Some(leader)) => leader,
+                    Err(None) => return Err(ClusterError::NoLeader("no leader known".into())),
+                }
+            }
+        };
+        let res: ForwardedWriteResult = self
+            .client
+            .post(&leader, "/raft/write", &ForwardedWrite { command: cmd }, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| ClusterError::Forward { leader: leader.clone(), reason: e.to_string() })?;
+        // Read-your-writes on this agent: wait until the entry is applied here too.
+        if tokio::time::timeout(FORWARD_TIMEOUT, self.catalog.wait_applied(res.index)).await.is_err() {
+            return Err(ClusterError::Forward {
+                leader,
+                reason: "write committed but not replicated here in time".into(),
+            });
+        }
+        Ok(Written { index: res.index, outcome: res.outcome })
+    }
+
+    async fn linearize_via_cluster(&self) -> Result<(), ClusterError> {
+        let index = match self.local_read_index().await {
+            Ok(i) => i,
+            Err(ClusterError::NoLeader(_)) => {
+                let leader = self.leader_addr().ok_or_else(|| ClusterError::NoLeader("no leader known".into()))?;
+                self.client
+                    .post::<_, u64>(&leader, "/raft/read-index", &(), FORWARD_TIMEOUT)
+                    .await
+                    .map_err(|e| ClusterError::Forward { leader, reason: e.to_string() })?
+            }
+            Err(e) => return Err(e),
+        };
+        self.catalog.wait_applied(index).await;
+        Ok(())
+    }
+}
+
+async fn propose_once(raft: &Raft, cmd: Command) -> ProposeResult {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(Ok(Written { index: resp.log_id.index, outcome: resp.data })),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(Err(forward_target(&f))),
+        Err(RaftError::APIError(e)) => Err(ClusterError::Raft(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(ClusterError::Raft(e.to_string())),
+    }
+}
+
+/// Group commit: openraft flushes (fsyncs) every append before the next, so commands that
+/// arrive while one entry is being committed are gathered into the next entry. One client
+/// sees no extra wait; many share one fsync.
+async fn group_commit(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            for (cmd, reply) in batch {
+                let _ = reply.send(propose_once(&raft, cmd).await);
+            }
+            continue;
+        }
+        let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<ProposeResult>>) = batch.into_iter().unzip();
+        let n = cmds.len();
+        match propose_once(&raft, Command::Batch(cmds)).await {
+            Ok(Ok(Written { index, outcome: Outcome::Batch(outcomes) })) if outcomes.len() == n => {
+                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(Ok(Written { index, outcome })));
+                }
+            }
+            Ok(Ok(other)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::Raft(format!("batch of {n} answered {:?}", other.outcome))));
+                }
+            }
+            Ok(Err(leader)) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(Err(leader.clone())));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::Raft(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Cluster for RaftNode {
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Written, ClusterError>> {
+        Box::pin(self.write_via_cluster(cmd))
+    }
+
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(self.linearize_via_cluster())
+    }
+
+    fn leader_status(&self) -> LeaderStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let leader_addr =
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        let last_contact_ms = if m.state == ServerState::Leader {
+            0
+        } else {
+            self.last_leader_contact.lock().ok().and_then(|t| t.map(|t| t.elapsed().as_millis() as u64)).unwrap_or(0)
+        };
+        LeaderStatus { known_leader: m.current_leader.is_some(), last_contact_ms, leader_addr }
+    }
+
+    fn peers(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+}
+
+/// Who bootstraps the cluster, and with whom: once at least `expect` servers (voters) are
+/// known, the one with the lowest address among those that expect a count bootstraps all
+/// known servers, so exactly one initial membership is ever proposed. `None` when this node
+/// should not bootstrap (yet).
+fn bootstrap_members(me: NodeId, expect: usize, peers: &[PeerInfo]) -> Option<BTreeMap<NodeId, Node>> {
+    let mut voters: Vec<&PeerInfo> = peers.iter().filter(|p| p.voter).collect();
+    if expect == 0 || voters.len() < expect {
+        return None;
+    }
+    voters.sort_by(|a, b| a.raft_addr.cmp(&b.raft_addr));
+    let leader = voters.iter().find(|p| p.bootstrap_expect > 0)?;
+    if leader.node_id != me {
+        return None;
+    }
+    Some(voters.iter().map(|p| (p.node_id, Node::new(p.raft_addr.clone()))).collect())
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+
+    fn peer(id: NodeId, addr: &str, voter: bool, expect: usize) -> PeerInfo {
+        PeerInfo {
+            node_id: id,
+            raft_addr: addr.into(),
+            initialized: false,
+            leader_addr: None,
+            voter,
+            bootstrap_expect: expect,
+        }
+    }
+
+    #[test]
+    fn only_the_lowest_expecting_server_bootstraps_once_enough_are_known() {
+        // Seed 003: node1 expects 3, node2 and node3 only join it, node4 is a client.
+        let peers = [
+            peer(1, "10.0.0.4:8300", true, 3),
+            peer(2, "10.0.0.2:8300", true, 0),
+            peer(3, "10.0.0.3:8300", true, 0),
+            peer(4, "10.0.0.1:8300", false, 0),
+        ];
+        let members = bootstrap_members(1, 3, &peers).expect("node1 bootstraps");
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "the client is not a voter");
+        assert_eq!(bootstrap_members(2, 0, &peers), None, "a server that only joins never bootstraps");
+        assert_eq!(bootstrap_members(1, 3, &peers[..2]), None, "two servers known: wait");
+        // Three servers that all expect 3: only the lowest address bootstraps.
+        let all =
+            [peer(1, "10.0.0.3:8300", true, 3), peer(2, "10.0.0.1:8300", true, 3), peer(3, "10.0.0.2:8300", true, 3)];
+        assert_eq!(bootstrap_members(1, 3, &all), None);
+        assert_eq!(bootstrap_members(2, 3, &all).map(|m| m.len()), Some(3));
+    }
+}
