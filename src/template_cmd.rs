@@ -256,17 +256,16 @@ pub fn check_agent_templates(args: &AgentTemplateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the renderer for `wharf agent --template` on the agent's runtime, reading the
-/// in-process catalog; it stops with the agent.
-pub fn spawn_in_agent(
+/// Loads the templates of `wharf agent --template` into a renderer that reads the
+/// in-process catalog; `None` without templates.
+pub fn in_agent(
     args: &AgentTemplateArgs,
     catalog: &Catalog,
     node: &str,
     datacenter: &str,
-    stop: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<Option<AgentTemplates>> {
     if args.template.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let plugins = plugin_templates(&args.template_plugin_config, &args.template_plugin_kv_prefix);
     let jobs = args.template.iter().cloned().map(|s| Job::load(s, &plugins)).collect::<Result<Vec<_>>>()?;
@@ -277,11 +276,20 @@ pub fn spawn_in_agent(
         ..RunnerConfig::default()
     };
     let feed = Feed::Catalog { rx: catalog.subscribe(), node: node.to_string(), datacenter: datacenter.to_string() };
-    tracing::info!(templates = jobs.len(), "template renderer started");
-    tokio::spawn(async move {
-        if let Err(e) = template_runner::run(jobs, feed, config, stop).await {
-            tracing::error!("the template renderer stopped: {e:#}");
-        }
-    });
-    Ok(())
+    Ok(Some(AgentTemplates { jobs, feed, config }))
+}
+
+/// The agent's template renderer, loaded and ready to run.
+pub struct AgentTemplates {
+    jobs: Vec<Job>,
+    feed: Feed,
+    config: RunnerConfig,
+}
+
+impl AgentTemplates {
+    /// Renders on every catalog change until `stop`.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> Result<()> {
+        tracing::info!(templates = self.jobs.len(), "template renderer started");
+        template_runner::run(self.jobs, self.feed, self.config, stop).await
+    }
 }
