@@ -186,11 +186,7 @@ fn applied_clock(state: &ApiState) -> Box<dyn Service> {
 
 /// Starts Pingora's thread; the service waits for the stop signal, then for the thread.
 /// Also returns the reloadable certificates (SIGHUP) and the proxy's metrics.
-fn proxy_service(
-    p: &config::ProxySettings,
-    catalog: &Catalog,
-    stop: &Stop,
-) -> Result<StartedProxy> {
+fn proxy_service(p: &config::ProxySettings, catalog: &Catalog, stop: &Stop) -> Result<StartedProxy> {
     let config = proxy::ProxyConfig {
         listen: p.listen.clone(),
         threads: p.threads,

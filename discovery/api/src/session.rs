@@ -10,7 +10,8 @@ use axum::extract::{Path, RawQuery, State};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{ApiResult, ApiState, blocking_read, json_response, read_opts, write};
+use crate::ApiState;
+use crate::respond::{ApiResult, blocking_read, json_response, read_opts, write};
 use catalog::command::Command;
 use catalog::duration::parse_go_duration;
 use catalog::model::{Session, SessionBehavior};

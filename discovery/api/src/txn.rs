@@ -9,7 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{ApiResult, ApiState, read_opts};
+use crate::ApiState;
+use crate::respond::{ApiResult, read_opts};
 use catalog::command::{Command, Outcome, TxnOp, TxnVerb};
 use catalog::model::MAX_KV_VALUE_BYTES;
 
