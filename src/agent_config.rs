@@ -113,16 +113,47 @@ fn want_object<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, St
     v.as_object().ok_or_else(|| format!("{key} must be an object, not {v}"))
 }
 
+/// Why the agent's config files cannot be used; each names the file and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: invalid JSON: {error}")]
+    Json {
+        source_name: String,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("{0}: a config file must hold a JSON object")]
+    NotAnObject(String),
+    /// A key that is unknown, unsupported, or holds a value of the wrong kind.
+    #[error("{source_name}: {problem}")]
+    Key { source_name: String, problem: String },
+    #[error("cannot read config dir {}: {error}; check that it exists and is readable", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{}: HCL config files are not read; write it as JSON", .0.display())]
+    Hcl(PathBuf),
+}
+
 impl FileConfig {
     /// Reads one config file's JSON text into `self` (later files override earlier ones,
     /// lists are appended, as Consul merges them). `source` names the file in errors.
-    pub fn merge_json(&mut self, source: &str, text: &str) -> Result<(), String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("{source}: invalid JSON: {e}"))?;
-        let map = value.as_object().ok_or_else(|| format!("{source}: a config file must hold a JSON object"))?;
+    pub fn merge_json(&mut self, source: &str, text: &str) -> Result<(), ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|error| ConfigError::Json { source_name: source.to_string(), error })?;
+        let map = value.as_object().ok_or_else(|| ConfigError::NotAnObject(source.to_string()))?;
         // All or nothing: a file with one bad key contributes nothing.
         let mut next = self.clone();
         for (key, v) in map {
-            next.merge_key(key, v).map_err(|e| format!("{source}: {e}"))?;
+            next.merge_key(key, v).map_err(|problem| ConfigError::Key { source_name: source.to_string(), problem })?;
         }
         *self = next;
         Ok(())
@@ -200,20 +231,17 @@ impl FileConfig {
 /// The files a set of `-config-file` and `-config-dir` arguments name, in Consul's order:
 /// the files as given, then each directory's `*.json` files sorted by name. An `*.hcl` file
 /// in a config dir is refused, since only JSON is read.
-pub fn config_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub fn config_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     let mut out: Vec<PathBuf> = files.to_vec();
     for dir in dirs {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            format!("cannot read config dir {}: {e}; check that it exists and is readable", dir.display())
-        })?;
+        let read_dir = |error| ConfigError::ReadDir { dir: dir.clone(), error };
+        let entries = std::fs::read_dir(dir).map_err(read_dir)?;
         let mut found = Vec::new();
         for entry in entries {
-            let path = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
+            let path = entry.map_err(read_dir)?.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") if path.is_file() => found.push(path),
-                Some("hcl") if path.is_file() => {
-                    return Err(format!("{}: HCL config files are not read; write it as JSON", path.display()));
-                }
+                Some("hcl") if path.is_file() => return Err(ConfigError::Hcl(path)),
                 _ => {}
             }
         }
@@ -225,10 +253,10 @@ pub fn config_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Vec<PathBuf>,
 
 /// Reads every config source: `files` in order, then the local-config environment variable
 /// (`WHARF_LOCAL_CONFIG`, else `CONSUL_LOCAL_CONFIG`, as Consul's image does).
-pub fn load(files: &[PathBuf], local_config: Option<&str>) -> Result<FileConfig, String> {
+pub fn load(files: &[PathBuf], local_config: Option<&str>) -> Result<FileConfig, ConfigError> {
     let mut cfg = FileConfig::default();
     for file in files {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read { path: file.clone(), error })?;
         cfg.merge_json(&file.display().to_string(), &text)?;
     }
     if let Some(text) = local_config.filter(|t| !t.trim().is_empty()) {
@@ -271,15 +299,15 @@ mod tests {
     #[test]
     fn unknown_and_unsupported_keys_name_key_and_file() {
         let mut c = FileConfig::default();
-        let e = c.merge_json("/etc/w/x.json", r#"{"server": true, "sever": true}"#).expect_err("typo");
+        let e = c.merge_json("/etc/w/x.json", r#"{"server": true, "sever": true}"#).expect_err("typo").to_string();
         assert!(e.contains("/etc/w/x.json") && e.contains("\"sever\""), "{e}");
-        let e = c.merge_json("acl.json", r#"{"acl_master_token": "x"}"#).expect_err("acl");
+        let e = c.merge_json("acl.json", r#"{"acl_master_token": "x"}"#).expect_err("acl").to_string();
         assert!(e.contains("acl.json") && e.contains("acl_master_token") && e.contains("ACLs"), "{e}");
-        let e = c.merge_json("p.json", r#"{"ports": {"htp": 1}}"#).expect_err("port typo");
+        let e = c.merge_json("p.json", r#"{"ports": {"htp": 1}}"#).expect_err("port typo").to_string();
         assert!(e.contains("ports.htp"), "{e}");
-        let e = c.merge_json("p.json", r#"{"ports": {"http": 70000}}"#).expect_err("range");
+        let e = c.merge_json("p.json", r#"{"ports": {"http": 70000}}"#).expect_err("range").to_string();
         assert!(e.contains("ports.http") && e.contains("70000"), "{e}");
-        let e = c.merge_json("b.json", r#"{"server": "yes"}"#).expect_err("bool");
+        let e = c.merge_json("b.json", r#"{"server": "yes"}"#).expect_err("bool").to_string();
         assert!(e.contains("server") && e.contains("yes"), "{e}");
         assert_eq!(c, FileConfig::default(), "a refused file changes nothing it had not set");
     }
@@ -288,7 +316,7 @@ mod tests {
     fn local_config_env_is_a_source() {
         let c = load(&[], Some(r#"{"skip_leave_on_interrupt": true}"#)).expect("valid");
         assert_eq!(c.skip_leave_on_interrupt, Some(true));
-        let e = load(&[], Some(r#"{"nope": 1}"#)).expect_err("unknown");
+        let e = load(&[], Some(r#"{"nope": 1}"#)).expect_err("unknown").to_string();
         assert!(e.contains("CONSUL_LOCAL_CONFIG") && e.contains("nope"), "{e}");
     }
 

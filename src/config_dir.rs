@@ -55,8 +55,8 @@ pub fn read_definitions(
     datacenter: &str,
     policy: Option<&CheckPolicy>,
 ) -> Result<Definitions> {
-    let files = crate::agent_config::config_files(&sources.files, &sources.dirs).map_err(|e| anyhow!(e))?;
-    crate::agent_config::load(&files, None).map_err(|e| anyhow!(e))?;
+    let files = crate::agent_config::config_files(&sources.files, &sources.dirs)?;
+    crate::agent_config::load(&files, None)?;
     let wasm_allowed = |checks: &[HealthCheck]| policy.map_or(Ok(()), |p| wasm_allowed(p, checks));
     let mut defs = Definitions { services: Vec::new(), checks: Vec::new() };
     for file in files {
@@ -109,7 +109,7 @@ fn state_file(data_dir: &Path) -> PathBuf {
 }
 
 async fn write_ok(cluster: &dyn Cluster, cmd: Command) -> Result<()> {
-    let w = cluster.write(cmd).await.map_err(|e| anyhow!("{e}"))?;
+    let w = cluster.write(cmd).await?;
     match w.outcome {
         Outcome::Rejected(msg) => Err(anyhow!(msg)),
         _ => Ok(()),

@@ -218,14 +218,45 @@ fn main() {
         _ => run_client(cli),
     };
     if let Err(e) = result {
-        eprintln!("Error: {e:#}");
+        eprintln!("Error: {}", error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
 
+/// An error and its causes as one line, `what: why: why`, leaving out a cause whose text the
+/// message before it already holds (typed errors often quote their source).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::normalize_args;
+    use super::{error_chain, normalize_args};
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on :80: {0}")]
+        struct Quoting(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting the proxy")]
+        struct Silent(#[source] std::io::Error);
+        let denied = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        assert_eq!(error_chain(&Quoting(denied())), "cannot listen on :80: permission denied");
+        assert_eq!(error_chain(&Silent(denied())), "starting the proxy: permission denied");
+    }
 
     #[test]
     fn single_dash_long_flags_become_double_dash() {

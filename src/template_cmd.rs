@@ -236,7 +236,7 @@ pub fn export(args: ExportArgs, base: String) -> Result<()> {
         // Each pass fetches what the previous one found missing (services, then each
         // service's instances).
         for _ in 0..8 {
-            let r = template.render(feed.snapshot(), &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = template.render(feed.snapshot(), &opts)?;
             if r.is_complete() {
                 print!("{}", r.output);
                 return Ok(());

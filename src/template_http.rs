@@ -266,6 +266,15 @@ impl Api {
         Ok((status, index, json))
     }
 
+    /// The name of the node the agent at the other end runs as.
+    async fn own_node_name(&self) -> Result<String> {
+        let (_, _, me) = self.get("/v1/agent/self").await?;
+        me.pointer("/Config/NodeName")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("/v1/agent/self has no Config.NodeName"))
+    }
+
     /// One (blocking, when `index` > 0) query for `dep`.
     async fn fetch(&self, dep: &Dependency, index: u64) -> Result<(DataValue, u64)> {
         let mut params: Vec<(&str, String)> = Vec::new();
@@ -284,91 +293,32 @@ impl Api {
                     params.push(("tag", t.clone()));
                 }
                 dc_param(&mut params, dc);
-                (format!("/v1/health/service/{}", path(name)), |v| {
-                    Ok(DataValue::HealthService(
-                        v.as_array().map(|a| a.iter().map(health_entry).collect()).unwrap_or_default(),
-                    ))
-                })
+                (format!("/v1/health/service/{}", path(name)), decode_health_service)
             }
             Dependency::CatalogServices { dc } => {
                 dc_param(&mut params, dc);
-                ("/v1/catalog/services".into(), |v| {
-                    let m = v.as_object().cloned().unwrap_or_default();
-                    Ok(DataValue::CatalogServices(
-                        m.iter()
-                            .map(|(name, tags)| ServiceSummary {
-                                name: name.clone(),
-                                tags: tags
-                                    .as_array()
-                                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                                    .unwrap_or_default(),
-                            })
-                            .collect(),
-                    ))
-                })
+                ("/v1/catalog/services".into(), decode_catalog_services)
             }
-            Dependency::Key { key } => (format!("/v1/kv/{}", path(key)), |v| {
-                let first = v.as_array().and_then(|a| a.first());
-                Ok(DataValue::Key(first.map(kv_pair).transpose()?))
-            }),
+            Dependency::Key { key } => (format!("/v1/kv/{}", path(key)), decode_key),
             Dependency::KeyPrefix { prefix } => {
                 params.push(("recurse", String::new()));
-                (format!("/v1/kv/{}", path(prefix)), |v| {
-                    let list = v.as_array().cloned().unwrap_or_default();
-                    Ok(DataValue::KeyPrefix(list.iter().map(kv_pair).collect::<Result<_>>()?))
-                })
+                (format!("/v1/kv/{}", path(prefix)), decode_key_prefix)
             }
             Dependency::Node { name, dc } => {
                 dc_param(&mut params, dc);
                 let name = match name {
                     Some(n) => n.clone(),
-                    None => {
-                        let (_, _, me) = self.get("/v1/agent/self").await?;
-                        me.pointer("/Config/NodeName")
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                            .ok_or_else(|| anyhow!("/v1/agent/self has no Config.NodeName"))?
-                    }
+                    None => self.own_node_name().await?,
                 };
-                (format!("/v1/catalog/node/{}", path(&name)), |v| {
-                    if v.is_null() {
-                        return Ok(DataValue::Node(None));
-                    }
-                    let node = node_info(v.get("Node").unwrap_or(&Value::Null));
-                    let services = v
-                        .get("Services")
-                        .and_then(Value::as_object)
-                        .map(|m| {
-                            m.values()
-                                .map(|s| NodeService {
-                                    id: text(s, "ID"),
-                                    service: text(s, "Service"),
-                                    tags: strings(s, "Tags"),
-                                    meta: string_map(s, "Meta"),
-                                    port: u16::try_from(num(s, "Port")).unwrap_or(0),
-                                    address: text(s, "Address"),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    Ok(DataValue::Node(Some(NodeServices { node, services })))
-                })
+                (format!("/v1/catalog/node/{}", path(&name)), decode_node)
             }
             Dependency::Nodes { dc } => {
                 dc_param(&mut params, dc);
-                ("/v1/catalog/nodes".into(), |v| {
-                    Ok(DataValue::Nodes(v.as_array().map(|a| a.iter().map(node_info).collect()).unwrap_or_default()))
-                })
+                ("/v1/catalog/nodes".into(), decode_nodes)
             }
             Dependency::Datacenters => {
                 params.clear();
-                ("/v1/catalog/datacenters".into(), |v| {
-                    Ok(DataValue::Datacenters(
-                        v.as_array()
-                            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                            .unwrap_or_default(),
-                    ))
-                })
+                ("/v1/catalog/datacenters".into(), decode_datacenters)
             }
         };
         let query = if params.is_empty() {
@@ -384,6 +334,69 @@ impl Api {
         let (_, new_index, body) = self.get(&format!("{path_part}{query}")).await?;
         Ok((decode(&body)?, new_index))
     }
+}
+
+fn decode_health_service(v: &Value) -> Result<DataValue> {
+    Ok(DataValue::HealthService(v.as_array().map(|a| a.iter().map(health_entry).collect()).unwrap_or_default()))
+}
+
+fn decode_catalog_services(v: &Value) -> Result<DataValue> {
+    let m = v.as_object().cloned().unwrap_or_default();
+    Ok(DataValue::CatalogServices(
+        m.iter()
+            .map(|(name, tags)| ServiceSummary {
+                name: name.clone(),
+                tags: tags
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    ))
+}
+
+fn decode_key(v: &Value) -> Result<DataValue> {
+    let first = v.as_array().and_then(|a| a.first());
+    Ok(DataValue::Key(first.map(kv_pair).transpose()?))
+}
+
+fn decode_key_prefix(v: &Value) -> Result<DataValue> {
+    let list = v.as_array().cloned().unwrap_or_default();
+    Ok(DataValue::KeyPrefix(list.iter().map(kv_pair).collect::<Result<_>>()?))
+}
+
+fn decode_node(v: &Value) -> Result<DataValue> {
+    if v.is_null() {
+        return Ok(DataValue::Node(None));
+    }
+    let node = node_info(v.get("Node").unwrap_or(&Value::Null));
+    let services = v
+        .get("Services")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.values()
+                .map(|s| NodeService {
+                    id: text(s, "ID"),
+                    service: text(s, "Service"),
+                    tags: strings(s, "Tags"),
+                    meta: string_map(s, "Meta"),
+                    port: u16::try_from(num(s, "Port")).unwrap_or(0),
+                    address: text(s, "Address"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(DataValue::Node(Some(NodeServices { node, services })))
+}
+
+fn decode_nodes(v: &Value) -> Result<DataValue> {
+    Ok(DataValue::Nodes(v.as_array().map(|a| a.iter().map(node_info).collect()).unwrap_or_default()))
+}
+
+fn decode_datacenters(v: &Value) -> Result<DataValue> {
+    Ok(DataValue::Datacenters(
+        v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default(),
+    ))
 }
 
 /// Fetches every dependency once (no blocking): for one-shot exports.

@@ -7,14 +7,18 @@
 //! last good table keeps serving. Plain HTTP/1.1 requests take the fast path ([`fast`]);
 //! everything else goes through Pingora's pipeline ([`service`]).
 
+pub mod access_log;
+pub mod attempts;
 pub mod balance;
 pub mod fast;
 pub mod header_deadline;
 pub mod metrics;
+pub mod pingora_path;
+pub mod reply;
 pub mod request;
 pub mod route_table;
-pub mod service;
 pub mod tls;
+pub mod upstream_pool;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -28,10 +32,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
+pub use access_log::AccessLog;
+pub use attempts::UpstreamSettings;
 pub use balance::Policy;
 pub use metrics::ProxyMetrics;
+pub use pingora_path::WharfProxy;
 pub use route_table::{RouteTable, TableBuilder, TableSettings};
-pub use service::{AccessLog, UpstreamSettings, WharfProxy};
 
 /// Everything the proxy is started with.
 pub struct ProxyConfig {
@@ -52,9 +58,13 @@ pub struct ProxyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(
-        "cannot listen on {addr} for the proxy: {reason} (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --proxy-addr, or --no-proxy)"
+        "cannot listen on {addr} for the proxy: {error} (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --proxy-addr, or --no-proxy)"
     )]
-    Bind { addr: SocketAddr, reason: String },
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("the proxy listener on {0} did not come up within 10 s")]
     NotListening(SocketAddr),
     #[error("cannot start the proxy thread: {0}")]
@@ -130,12 +140,28 @@ async fn follow_catalog(
     }
 }
 
+/// Pingora binds inside its own thread; waits until every listener accepts connections.
+fn wait_listening(addrs: &[SocketAddr]) -> Result<(), ProxyError> {
+    for addr in addrs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let probe =
+            if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { *addr };
+        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(ProxyError::NotListening(*addr));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
 /// Starts the proxy: the rebuilder on the current Tokio runtime, Pingora on a thread of
 /// its own. Fails if a listener cannot be bound.
 pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>) -> Result<ProxyHandle, ProxyError> {
     let all_listeners: Vec<SocketAddr> = config.listen.iter().copied().chain(config.tls_listen).collect();
     for addr in &all_listeners {
-        TcpListener::bind(addr).map_err(|e| ProxyError::Bind { addr: *addr, reason: e.to_string() })?;
+        TcpListener::bind(addr).map_err(|error| ProxyError::Bind { addr: *addr, error })?;
     }
     let certs = match config.tls_listen {
         Some(_) => Some(Arc::new(tls::CertStore::load(config.certs.clone())?)),
@@ -199,17 +225,6 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
         .spawn(move || server.run(RunArgs { shutdown_signal: Box::new(shutdown) }))
         .map_err(|e| ProxyError::Thread(e.to_string()))?;
 
-    // Pingora binds inside its own thread; make sure it really listens.
-    for addr in &all_listeners {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let probe =
-            if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { *addr };
-        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                return Err(ProxyError::NotListening(*addr));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    wait_listening(&all_listeners)?;
     Ok(ProxyHandle { table, metrics, certs, thread: Some(thread) })
 }

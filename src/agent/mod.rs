@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use catalog::{Catalog, Cluster};
 use consul_api::{ApiState, MetricsRenderer};
 use dns::DnsServer;
@@ -34,9 +34,9 @@ use supervise::{Exit, Supervisor};
 /// Runs the agent: reads its config files, starts logging at `log_level` (the command
 /// line's, else the files' `log_level`, else info), validates the settings and serves.
 pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
-    let files = crate::agent_config::config_files(&args.config_file, &args.config_dir).map_err(|e| anyhow!(e))?;
+    let files = crate::agent_config::config_files(&args.config_file, &args.config_dir)?;
     let local = std::env::var("WHARF_LOCAL_CONFIG").or_else(|_| std::env::var("CONSUL_LOCAL_CONFIG")).ok();
-    let file = crate::agent_config::load(&files, local.as_deref()).map_err(|e| anyhow!(e))?;
+    let file = crate::agent_config::load(&files, local.as_deref())?;
     crate::init_logging(log_level.or(file.log_level.as_deref()).unwrap_or("info"));
     let host = Host::read();
     let mut args = args;
@@ -62,7 +62,7 @@ async fn serve(p: Prepared) -> Result<Exit> {
     let raft_listener = bind(p.config.raft_bind, "Raft port").await?;
     let http_listener = bind(p.config.http_addr, "HTTP API").await?;
     let dns = p.config.dns.clone().map(DnsServer::bind).transpose()?;
-    let (node, catalog) = RaftNode::start(p.raft.clone()).await.map_err(|e| anyhow!("{e}"))?;
+    let (node, catalog) = RaftNode::start(p.raft.clone()).await?;
     let cluster: Arc<dyn Cluster> = node.clone();
     let info = Arc::new(p.info.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -197,7 +197,7 @@ fn proxy_service(p: &config::ProxySettings, catalog: &Catalog, stop: &Stop) -> R
         certs: p.certs.clone(),
         header_timeout: p.header_timeout,
     };
-    let handle = proxy::start(config, catalog.clone(), stop.clone()).map_err(|e| anyhow!("{e}"))?;
+    let handle = proxy::start(config, catalog.clone(), stop.clone())?;
     tracing::info!(listen = ?p.listen, threads = p.threads, "proxy listening");
     let (certs, metrics) = (handle.certs.clone(), handle.metrics.clone());
     let service = task("proxy", move |mut stop: Stop| async move {

@@ -412,6 +412,7 @@ fn scratch(sc: &mut Scope, method: &str, args: &[Value]) -> GoResult {
 // ------------------------------------------------------------------ the table --
 
 /// Every function a template may call, bound to the render scope.
+// shape: table (one line per template function)
 pub(crate) fn all(scope: &SharedScope) -> Vec<(String, Func)> {
     let mut out: Vec<(String, Func)> = Vec::new();
     let mut with_scope = |name: &str, f: fn(&mut Scope, &[Value]) -> GoResult| {

@@ -131,41 +131,8 @@ pub fn format(layout: &str, t: SystemTime) -> String {
             b'5' => (c.second.to_string(), 1),
             b'P' if starts(i, "PM") => ((if c.hour >= 12 { "PM" } else { "AM" }).into(), 2),
             b'p' if starts(i, "pm") => ((if c.hour >= 12 { "pm" } else { "am" }).into(), 2),
-            b'-' | b'Z' => {
-                let z = b[i] == b'Z';
-                let forms = [
-                    ("070000", "+000000"),
-                    ("07:00:00", "+00:00:00"),
-                    ("0700", "+0000"),
-                    ("07:00", "+00:00"),
-                    ("07", "+00"),
-                ];
-                match forms.iter().find(|(f, _)| layout[i + 1..].starts_with(f)) {
-                    Some((f, zero)) => ((if z { "Z" } else { zero }).to_string(), f.len() + 1),
-                    None => (rest[..1].to_string(), 1),
-                }
-            }
-            b'.' | b',' if rest.len() > 1 && (b[i + 1] == b'0' || b[i + 1] == b'9') => {
-                let ch = b[i + 1];
-                let mut j = i + 1;
-                while j < b.len() && b[j] == ch {
-                    j += 1;
-                }
-                if j < b.len() && b[j].is_ascii_digit() {
-                    (rest[..1].to_string(), 1)
-                } else {
-                    let digits = j - i - 1;
-                    let frac = format!("{:09}", c.nanos);
-                    let mut f = frac[..digits.min(9)].to_string();
-                    if ch == b'9' {
-                        while f.ends_with('0') {
-                            f.pop();
-                        }
-                    }
-                    let sep = char::from(b[i]);
-                    (if f.is_empty() { String::new() } else { format!("{sep}{f}") }, j - i)
-                }
-            }
+            b'-' | b'Z' => zone(layout, i),
+            b'.' | b',' if rest.len() > 1 && (b[i + 1] == b'0' || b[i + 1] == b'9') => fraction(layout, i, c.nanos),
             _ => {
                 let ch = rest.chars().next().unwrap_or(' ');
                 (ch.to_string(), ch.len_utf8())
@@ -175,6 +142,41 @@ pub fn format(layout: &str, t: SystemTime) -> String {
         i += used;
     }
     out
+}
+
+/// A zone element at `i` (`-0700`, `Z07:00`, ...): always UTC here. Returns the text and
+/// the layout bytes used.
+fn zone(layout: &str, i: usize) -> (String, usize) {
+    let z = layout.as_bytes()[i] == b'Z';
+    let forms =
+        [("070000", "+000000"), ("07:00:00", "+00:00:00"), ("0700", "+0000"), ("07:00", "+00:00"), ("07", "+00")];
+    match forms.iter().find(|(f, _)| layout[i + 1..].starts_with(f)) {
+        Some((f, zero)) => ((if z { "Z" } else { zero }).to_string(), f.len() + 1),
+        None => (layout[i..i + 1].to_string(), 1),
+    }
+}
+
+/// Fractional seconds at `i` (`.000`, `,999`): zeros keep trailing zeros, nines drop them.
+fn fraction(layout: &str, i: usize, nanos: u32) -> (String, usize) {
+    let b = layout.as_bytes();
+    let ch = b[i + 1];
+    let mut j = i + 1;
+    while j < b.len() && b[j] == ch {
+        j += 1;
+    }
+    if j < b.len() && b[j].is_ascii_digit() {
+        return (layout[i..i + 1].to_string(), 1);
+    }
+    let digits = j - i - 1;
+    let frac = format!("{nanos:09}");
+    let mut f = frac[..digits.min(9)].to_string();
+    if ch == b'9' {
+        while f.ends_with('0') {
+            f.pop();
+        }
+    }
+    let sep = char::from(b[i]);
+    (if f.is_empty() { String::new() } else { format!("{sep}{f}") }, j - i)
 }
 
 fn hour12(h: u32) -> u32 {

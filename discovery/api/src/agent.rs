@@ -176,7 +176,7 @@ pub(crate) async fn set_ttl_status(st: &ApiState, id: String, status: CheckStatu
     let Some(check) = snap.check(&st.agent.node_name, &id) else {
         return Err(unknown_check(&id));
     };
-    if check.kind != "ttl" {
+    if check.kind != catalog::model::CheckKind::Ttl {
         return Err(ApiError::BadRequest(format!(
             "CheckID {id:?} does not have associated TTL; only TTL checks take pass/warn/fail/update"
         )));

@@ -32,8 +32,8 @@ use catalog::model::{AgentInfo, MAX_KV_VALUE_BYTES};
 use catalog::{Catalog, Cluster};
 use error::ApiError;
 
-/// Longest check output kept, as Consul's default `OutputMaxSize`.
-pub const MAX_CHECK_OUTPUT: usize = 4096;
+/// Longest check output kept (one limit for every source of output).
+pub use catalog::model::MAX_CHECK_OUTPUT;
 
 /// Requests from the API to the agent's supervisor.
 #[derive(Debug)]

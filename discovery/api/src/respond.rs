@@ -11,7 +11,7 @@ use catalog::Written;
 use catalog::command::{Command, Outcome};
 use catalog::state::CatalogState;
 
-use crate::{ApiState, MAX_CHECK_OUTPUT};
+use crate::ApiState;
 
 /// Refuses checks this agent will not run.
 pub(crate) fn check_allowed(st: &ApiState, checks: &[catalog::model::HealthCheck]) -> Result<(), ApiError> {
@@ -110,14 +110,4 @@ pub(crate) async fn write(st: &ApiState, cmd: Command) -> Result<Written, ApiErr
     Ok(w)
 }
 
-pub(crate) fn truncate_output(mut s: String) -> String {
-    if s.len() > MAX_CHECK_OUTPUT {
-        let mut cut = MAX_CHECK_OUTPUT;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str(" ...");
-    }
-    s
-}
+pub(crate) use catalog::model::truncate_output;

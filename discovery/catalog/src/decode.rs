@@ -342,7 +342,7 @@ impl CheckRegistration {
             service_id: service.map(|s| s.id.clone()).unwrap_or_default(),
             service_name: service.map(|s| s.service.clone()).unwrap_or_default(),
             service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
-            kind: self.definition.kind().to_string(),
+            kind: self.definition.kind(),
             interval: self.definition.interval.clone(),
             timeout: self.definition.timeout.clone(),
             definition: self.definition,
@@ -416,30 +416,7 @@ impl CatalogRegistration {
             create_index: 0,
             modify_index: 0,
         };
-        let service = match self.service {
-            None => None,
-            Some(s) => {
-                if s.service.trim().is_empty() {
-                    return Err("Must provide service name".into());
-                }
-                validate_meta(&s.meta)?;
-                let port = validate_port(s.port)?;
-                let weights = validate_weights(s.weights)?;
-                Some(Service {
-                    id: if s.id.is_empty() { s.service.clone() } else { s.id },
-                    service: s.service,
-                    tags: s.tags,
-                    address: s.address,
-                    port,
-                    meta: s.meta,
-                    weights,
-                    enable_tag_override: s.enable_tag_override,
-                    datacenter,
-                    create_index: 0,
-                    modify_index: 0,
-                })
-            }
-        };
+        let service = self.service.map(|s| catalog_service(s, datacenter)).transpose()?;
         let mut checks = Vec::new();
         for c in self.check.into_iter().chain(self.checks) {
             if c.check_id.is_empty() && c.name.is_empty() {
@@ -468,7 +445,7 @@ impl CatalogRegistration {
                 service_id: c.service_id,
                 service_name: owner.map(|s| s.service.clone()).unwrap_or_default(),
                 service_tags: owner.map(|s| s.tags.clone()).unwrap_or_default(),
-                kind: c.definition.kind().to_string(),
+                kind: c.definition.kind(),
                 interval: c.definition.interval.clone(),
                 timeout: c.definition.timeout.clone(),
                 definition: c.definition,
@@ -478,6 +455,29 @@ impl CatalogRegistration {
         }
         Ok(CatalogRecords { node, service, checks, skip_node_update: self.skip_node_update })
     }
+}
+
+/// The service of a catalog registration, validated.
+fn catalog_service(s: CatalogService, datacenter: String) -> Result<Service, String> {
+    if s.service.trim().is_empty() {
+        return Err("Must provide service name".into());
+    }
+    validate_meta(&s.meta)?;
+    let port = validate_port(s.port)?;
+    let weights = validate_weights(s.weights)?;
+    Ok(Service {
+        id: if s.id.is_empty() { s.service.clone() } else { s.id },
+        service: s.service,
+        tags: s.tags,
+        address: s.address,
+        port,
+        meta: s.meta,
+        weights,
+        enable_tag_override: s.enable_tag_override,
+        datacenter,
+        create_index: 0,
+        modify_index: 0,
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! of request bodies and config files.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -133,25 +134,121 @@ pub struct WasmCheck {
     pub config: String,
 }
 
-impl CheckDefinition {
-    /// Consul's `Type` of a check, derived from which probe field is set.
-    pub fn kind(&self) -> &'static str {
-        if !self.http.is_empty() {
-            "http"
-        } else if !self.tcp.is_empty() {
-            "tcp"
-        } else if !self.ttl.is_empty() {
-            "ttl"
-        } else if !self.grpc.is_empty() {
-            "grpc"
-        } else if !self.args.is_empty() {
-            "script"
-        } else if self.wasm.is_some() {
-            "wasm"
-        } else {
-            ""
+/// Consul's check `Type`: which probe a check runs. On the wire (API, Raft log, snapshots)
+/// it is Consul's string: "http", "tcp", "ttl", "grpc", "script", "wasm", or "" for a check
+/// that nothing probes (its status is set by the agent or the API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckKind {
+    #[serde(rename = "http")]
+    Http,
+    #[serde(rename = "tcp")]
+    Tcp,
+    #[serde(rename = "ttl")]
+    Ttl,
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "script")]
+    Script,
+    #[serde(rename = "wasm")]
+    Wasm,
+    /// Unknown names from newer peers read as this too.
+    #[default]
+    #[serde(rename = "", other)]
+    Manual,
+}
+
+impl CheckKind {
+    /// Consul's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Manual => "",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Ttl => "ttl",
+            CheckKind::Grpc => "grpc",
+            CheckKind::Script => "script",
+            CheckKind::Wasm => "wasm",
         }
     }
+}
+
+impl std::fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for CheckKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A check definition's durations, parsed once when its task starts (registration already
+/// refused definitions whose durations do not parse).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CheckTimes {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub ttl: Option<Duration>,
+    pub deregister_after: Option<Duration>,
+}
+
+impl CheckDefinition {
+    /// Consul's `Type` of a check, derived from which probe field is set.
+    pub fn kind(&self) -> CheckKind {
+        if !self.http.is_empty() {
+            CheckKind::Http
+        } else if !self.tcp.is_empty() {
+            CheckKind::Tcp
+        } else if !self.ttl.is_empty() {
+            CheckKind::Ttl
+        } else if !self.grpc.is_empty() {
+            CheckKind::Grpc
+        } else if !self.args.is_empty() {
+            CheckKind::Script
+        } else if self.wasm.is_some() {
+            CheckKind::Wasm
+        } else {
+            CheckKind::Manual
+        }
+    }
+
+    /// The definition's durations; an empty field is `None`, a malformed one an error
+    /// naming it.
+    pub fn times(&self) -> Result<CheckTimes, String> {
+        let parse = |field: &str, v: &str| -> Result<Option<Duration>, String> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            crate::duration::parse_go_duration(v, false).map(Some).map_err(|e| format!("Invalid {field}: {e}"))
+        };
+        Ok(CheckTimes {
+            interval: parse("Interval", &self.interval)?,
+            timeout: parse("Timeout", &self.timeout)?,
+            ttl: parse("TTL", &self.ttl)?,
+            deregister_after: parse("DeregisterCriticalServiceAfter", &self.deregister_critical_service_after)?,
+        })
+    }
+}
+
+/// Longest check output kept, as Consul's default `OutputMaxSize`, for every source of
+/// output (probes, plugins, the agent API).
+pub const MAX_CHECK_OUTPUT: usize = 4096;
+
+/// Cuts check output to at most [`MAX_CHECK_OUTPUT`] bytes, on a character boundary, ending
+/// a cut one with " ..." so a reader sees it was cut.
+pub fn truncate_output(mut s: String) -> String {
+    const MARK: &str = " ...";
+    if s.len() > MAX_CHECK_OUTPUT {
+        let mut cut = MAX_CHECK_OUTPUT - MARK.len();
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(MARK);
+    }
+    s
 }
 
 /// A health check (Consul's `structs.HealthCheck`).
@@ -170,7 +267,7 @@ pub struct HealthCheck {
     pub service_name: String,
     pub service_tags: Vec<String>,
     #[serde(rename = "Type")]
-    pub kind: String,
+    pub kind: CheckKind,
     pub interval: String,
     pub timeout: String,
     pub definition: CheckDefinition,
@@ -277,6 +374,55 @@ impl AgentInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_kinds_keep_consuls_wire_names() {
+        for (kind, name) in [
+            (CheckKind::Http, "http"),
+            (CheckKind::Tcp, "tcp"),
+            (CheckKind::Ttl, "ttl"),
+            (CheckKind::Grpc, "grpc"),
+            (CheckKind::Script, "script"),
+            (CheckKind::Wasm, "wasm"),
+            (CheckKind::Manual, ""),
+        ] {
+            assert_eq!(serde_json::to_value(kind).expect("serialise"), serde_json::json!(name));
+            assert_eq!(serde_json::from_value::<CheckKind>(serde_json::json!(name)).expect("parse"), kind);
+            assert_eq!(kind, name);
+        }
+        // A check as an earlier wharf wrote it in the Raft log (Type a plain string) reads
+        // back the same.
+        let mut logged = serde_json::to_value(HealthCheck::default()).expect("serialise");
+        assert_eq!(logged["Type"], "");
+        logged["Type"] = serde_json::json!("ttl");
+        let c: HealthCheck = serde_json::from_value(logged.clone()).expect("parse");
+        assert_eq!(c.kind, CheckKind::Ttl);
+        assert_eq!(serde_json::to_value(&c).expect("serialise"), logged);
+        let newer: CheckKind = serde_json::from_value(serde_json::json!("h2ping")).expect("unknown kinds parse");
+        assert_eq!(newer, CheckKind::Manual);
+    }
+
+    #[test]
+    fn durations_parse_once_and_output_has_one_limit() {
+        let d = CheckDefinition {
+            interval: "10s".into(),
+            ttl: "1m".into(),
+            deregister_critical_service_after: "90m".into(),
+            ..Default::default()
+        };
+        let t = d.times().expect("valid");
+        assert_eq!(t.interval, Some(Duration::from_secs(10)));
+        assert_eq!(t.ttl, Some(Duration::from_secs(60)));
+        assert_eq!(t.deregister_after, Some(Duration::from_secs(5400)));
+        assert_eq!(t.timeout, None);
+        let bad = CheckDefinition { timeout: "5 seconds".into(), ..Default::default() };
+        assert!(bad.times().expect_err("malformed").starts_with("Invalid Timeout"));
+
+        assert_eq!(truncate_output("short".into()), "short");
+        let long = "é".repeat(MAX_CHECK_OUTPUT);
+        let cut = truncate_output(long);
+        assert!(cut.len() <= MAX_CHECK_OUTPUT && cut.ends_with(" ..."), "{}", cut.len());
+    }
 
     #[test]
     fn status_orders_from_best_to_worst() {

@@ -6,7 +6,7 @@
 //! Index bookkeeping follows Consul: every table and every service and node has its own
 //! "last modified" index, so a blocking query on `web` is not woken by a write to `api`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Command, Outcome};
 use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, Session, has_all_tags};
 
+mod kv;
+mod queries;
 mod sessions;
 pub use sessions::LockDelay;
 
@@ -191,10 +193,21 @@ impl CatalogState {
         skip_node_update: bool,
         replace_service_checks: bool,
     ) -> Outcome {
+        if let Err(rejected) = self.register_node(idx, node, skip_node_update) {
+            return rejected;
+        }
+        if let Some(svc) = service {
+            self.register_service(idx, &node.node, svc, checks, replace_service_checks);
+        }
+        self.register_checks(idx, &node.node, checks)
+    }
+
+    /// The node part of a registration: written only when it changed.
+    fn register_node(&mut self, idx: u64, node: &Node, skip_node_update: bool) -> Result<(), Outcome> {
         let name = node.node.clone();
         match self.nodes.get(&name) {
             None if skip_node_update => {
-                return Outcome::Rejected(format!("Node {name:?} does not exist; register it with an Address"));
+                return Err(Outcome::Rejected(format!("Node {name:?} does not exist; register it with an Address")));
             }
             Some(existing) if skip_node_update || same_node(existing, node) => {}
             existing => {
@@ -206,56 +219,73 @@ impl CatalogState {
             }
         }
 
-        if let Some(svc) = service {
-            let key = (name.clone(), svc.id.clone());
-            let previous = self.services.get(&key).cloned();
-            let changed = previous.as_ref().is_none_or(|p| !same_service(p, svc));
-            if changed {
-                if let Some(p) = &previous
-                    && p.service != svc.service
-                {
-                    self.unindex_service(&p.service, &key);
-                    self.bump(svc_key(&p.service), idx);
-                }
-                let create_index = previous.as_ref().map(|p| p.create_index).unwrap_or(idx);
-                let record = Service { create_index, modify_index: idx, ..svc.clone() };
-                self.services.insert(key.clone(), record);
-                self.by_service.entry(svc.service.clone()).or_default().insert(key.clone());
-                self.bump(T_SERVICES.into(), idx);
-                self.bump(svc_key(&svc.service), idx);
-                self.bump(node_key(&name), idx);
-                // Checks carry their service's name and tags.
-                let owned: Vec<NodeKey> = self
-                    .checks
-                    .iter()
-                    .filter(|((n, _), c)| *n == name && c.service_id == svc.id)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for ck in owned {
-                    if let Some(c) = self.checks.get_mut(&ck)
-                        && (c.service_name != svc.service || c.service_tags != svc.tags)
-                    {
-                        c.service_name = svc.service.clone();
-                        c.service_tags = svc.tags.clone();
-                        c.modify_index = idx;
-                        self.bump(T_CHECKS.into(), idx);
-                    }
-                }
+        Ok(())
+    }
+
+    /// The service part: written only when it changed; its checks follow its name and tags,
+    /// and with `replace_service_checks` the checks not given are removed.
+    fn register_service(
+        &mut self,
+        idx: u64,
+        node: &str,
+        svc: &Service,
+        checks: &[HealthCheck],
+        replace_service_checks: bool,
+    ) {
+        let name = node.to_string();
+        let key = (name.clone(), svc.id.clone());
+        let previous = self.services.get(&key).cloned();
+        let changed = previous.as_ref().is_none_or(|p| !same_service(p, svc));
+        if changed {
+            if let Some(p) = &previous
+                && p.service != svc.service
+            {
+                self.unindex_service(&p.service, &key);
+                self.bump(svc_key(&p.service), idx);
             }
-            if replace_service_checks {
-                let keep: BTreeSet<&str> = checks.iter().map(|c| c.check_id.as_str()).collect();
-                let stale: Vec<String> = self
-                    .checks
-                    .iter()
-                    .filter(|((n, id), c)| *n == name && c.service_id == svc.id && !keep.contains(id.as_str()))
-                    .map(|((_, id), _)| id.clone())
-                    .collect();
-                for id in stale {
-                    self.remove_check(idx, &name, &id);
+            let create_index = previous.as_ref().map(|p| p.create_index).unwrap_or(idx);
+            let record = Service { create_index, modify_index: idx, ..svc.clone() };
+            self.services.insert(key.clone(), record);
+            self.by_service.entry(svc.service.clone()).or_default().insert(key.clone());
+            self.bump(T_SERVICES.into(), idx);
+            self.bump(svc_key(&svc.service), idx);
+            self.bump(node_key(&name), idx);
+            // Checks carry their service's name and tags.
+            let owned: Vec<NodeKey> = self
+                .checks
+                .iter()
+                .filter(|((n, _), c)| *n == name && c.service_id == svc.id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for ck in owned {
+                if let Some(c) = self.checks.get_mut(&ck)
+                    && (c.service_name != svc.service || c.service_tags != svc.tags)
+                {
+                    c.service_name = svc.service.clone();
+                    c.service_tags = svc.tags.clone();
+                    c.modify_index = idx;
+                    self.bump(T_CHECKS.into(), idx);
                 }
             }
         }
+        if replace_service_checks {
+            let keep: BTreeSet<&str> = checks.iter().map(|c| c.check_id.as_str()).collect();
+            let stale: Vec<String> = self
+                .checks
+                .iter()
+                .filter(|((n, id), c)| *n == name && c.service_id == svc.id && !keep.contains(id.as_str()))
+                .map(|((_, id), _)| id.clone())
+                .collect();
+            for id in stale {
+                self.remove_check(idx, &name, &id);
+            }
+        }
+    }
 
+    /// The checks of a registration, each written only when it changed. A check naming a
+    /// service not on the node rejects the whole command.
+    fn register_checks(&mut self, idx: u64, node: &str, checks: &[HealthCheck]) -> Outcome {
+        let name = node.to_string();
         for check in checks {
             let mut check = check.clone();
             check.node = name.clone();
@@ -390,229 +420,6 @@ impl CatalogState {
         }
         Outcome::Applied
     }
-
-    fn kv_set(&mut self, idx: u64, key: &str, value: &[u8], flags: u64, cas: Option<u64>) -> Outcome {
-        let existing = self.kv.get(key);
-        if let Some(want) = cas {
-            let matches = match existing {
-                None => want == 0,
-                Some(e) => e.modify_index == want,
-            };
-            if !matches {
-                return Outcome::CasFailed;
-            }
-        }
-        let lock_index = existing.map(|e| e.lock_index).unwrap_or(0);
-        let session = existing.map(|e| e.session.clone()).unwrap_or_default();
-        self.put_entry(idx, key, value, flags, lock_index, session);
-        Outcome::Applied
-    }
-
-    /// Writes `key` at `idx` (keeping its CreateIndex) with the given lock fields.
-    fn put_entry(&mut self, idx: u64, key: &str, value: &[u8], flags: u64, lock_index: u64, session: String) {
-        let create_index = self.kv.get(key).map(|e| e.create_index).unwrap_or(idx);
-        let entry = KvEntry {
-            key: key.to_string(),
-            value: value.to_vec(),
-            flags,
-            lock_index,
-            session,
-            create_index,
-            modify_index: idx,
-        };
-        self.kv.insert(key.to_string(), entry);
-        self.tombstones.remove(key);
-        self.bump(T_KVS.into(), idx);
-    }
-
-    fn kv_delete(&mut self, idx: u64, key: &str, recurse: bool, cas: Option<u64>) -> Outcome {
-        if let Some(want) = cas {
-            match self.kv.get(key) {
-                None => return Outcome::Applied,
-                Some(e) if e.modify_index != want => return Outcome::CasFailed,
-                Some(_) => {}
-            }
-        }
-        let doomed: Vec<String> = if recurse {
-            self.kv.range(key.to_string()..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect()
-        } else if self.kv.contains_key(key) {
-            vec![key.to_string()]
-        } else {
-            Vec::new()
-        };
-        if doomed.is_empty() {
-            return Outcome::Applied;
-        }
-        for k in doomed {
-            self.kv.remove(&k);
-            self.tombstones.insert(k, idx);
-        }
-        self.bump(T_KVS.into(), idx);
-        Outcome::Applied
-    }
-
-    // ---------------------------------------------------------------- queries --
-
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name)
-    }
-
-    pub fn nodes(&self) -> (Vec<Node>, u64) {
-        (self.nodes.values().cloned().collect(), self.index_of(T_NODES))
-    }
-
-    /// Service names with the union of their instances' tags (`/v1/catalog/services`).
-    pub fn service_names(&self) -> (BTreeMap<String, Vec<String>>, u64) {
-        let mut out = BTreeMap::new();
-        for (name, keys) in &self.by_service {
-            let tags: BTreeSet<String> =
-                keys.iter().filter_map(|k| self.services.get(k)).flat_map(|s| s.tags.iter().cloned()).collect();
-            out.insert(name.clone(), tags.into_iter().collect());
-        }
-        (out, self.index_of(T_SERVICES))
-    }
-
-    /// Instances of `name` carrying every tag in `tags`, with their nodes.
-    pub fn service_instances(&self, name: &str, tags: &[String]) -> (Vec<(Node, Service)>, u64) {
-        let mut out = Vec::new();
-        if let Some(keys) = self.by_service.get(name) {
-            for key in keys {
-                let (Some(svc), Some(node)) = (self.services.get(key), self.nodes.get(&key.0)) else {
-                    continue;
-                };
-                if has_all_tags(&svc.tags, tags) {
-                    out.push((node.clone(), svc.clone()));
-                }
-            }
-        }
-        (out, self.index_of(&svc_key(name)))
-    }
-
-    fn checks_of_node(&self, node: &str) -> impl Iterator<Item = &HealthCheck> {
-        self.checks.range((node.to_string(), String::new())..).take_while(move |((n, _), _)| n == node).map(|(_, c)| c)
-    }
-
-    /// Health entries of `name` (`/v1/health/service/:name`); `passing_only` drops any
-    /// instance with a non-passing check, node checks included.
-    pub fn service_health(&self, name: &str, tags: &[String], passing_only: bool) -> (Vec<ServiceHealth>, u64) {
-        let (instances, index) = self.service_instances(name, tags);
-        let out = instances
-            .into_iter()
-            .map(|(node, service)| {
-                let checks = self
-                    .checks_of_node(&node.node)
-                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                    .cloned()
-                    .collect();
-                ServiceHealth { node, service, checks }
-            })
-            .filter(|h| !passing_only || h.aggregate() == CheckStatus::Passing)
-            .collect();
-        (out, index)
-    }
-
-    /// Checks of every instance of `name` (`/v1/health/checks/:service`).
-    pub fn service_checks(&self, name: &str) -> (Vec<HealthCheck>, u64) {
-        let mut out = Vec::new();
-        if let Some(keys) = self.by_service.get(name) {
-            for (node, id) in keys {
-                out.extend(self.checks_of_node(node).filter(|c| &c.service_id == id).cloned());
-            }
-        }
-        (out, self.index_of(&svc_key(name)))
-    }
-
-    /// Checks in `state` (`None` = any) (`/v1/health/state/:state`).
-    pub fn checks_in_state(&self, state: Option<CheckStatus>) -> (Vec<HealthCheck>, u64) {
-        let out = self.checks.values().filter(|c| state.is_none_or(|s| c.status == s)).cloned().collect();
-        (out, self.index_of(T_CHECKS))
-    }
-
-    /// A node with its services (`None` when unknown) (`/v1/catalog/node/:node`).
-    pub fn node_services(&self, node: &str) -> (Option<(Node, Vec<Service>)>, u64) {
-        let index = self.index_of(&node_key(node));
-        let Some(n) = self.nodes.get(node) else {
-            return (None, index);
-        };
-        let services = self
-            .services
-            .range((node.to_string(), String::new())..)
-            .take_while(|((nn, _), _)| nn == node)
-            .map(|(_, s)| s.clone())
-            .collect();
-        (Some((n.clone(), services)), index)
-    }
-
-    /// Every check on `node` (`/v1/health/node/:node`, `/v1/agent/checks`).
-    pub fn node_checks(&self, node: &str) -> (Vec<HealthCheck>, u64) {
-        (self.checks_of_node(node).cloned().collect(), self.index_of(&node_key(node)))
-    }
-
-    pub fn check(&self, node: &str, check_id: &str) -> Option<&HealthCheck> {
-        self.checks.get(&(node.to_string(), check_id.to_string()))
-    }
-
-    pub fn service(&self, node: &str, service_id: &str) -> Option<&Service> {
-        self.services.get(&(node.to_string(), service_id.to_string()))
-    }
-
-    /// One key (`None` when absent). Its index is the key's own ModifyIndex, or the index
-    /// at which it was deleted, so unrelated writes do not wake a watcher.
-    pub fn kv_get(&self, key: &str) -> (Option<KvEntry>, u64) {
-        match self.kv.get(key) {
-            Some(e) => (Some(e.clone()), e.modify_index.max(1)),
-            None => (None, self.tombstones.get(key).copied().unwrap_or(0).max(1)),
-        }
-    }
-
-    fn prefix_index(&self, prefix: &str) -> u64 {
-        let live = self
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| e.modify_index)
-            .max()
-            .unwrap_or(0);
-        let dead = self
-            .tombstones
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, i)| *i)
-            .max()
-            .unwrap_or(0);
-        live.max(dead).max(1)
-    }
-
-    /// Every entry under `prefix` (`?recurse`).
-    pub fn kv_list(&self, prefix: &str) -> (Vec<KvEntry>, u64) {
-        let out = self
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| e.clone())
-            .collect();
-        (out, self.prefix_index(prefix))
-    }
-
-    /// Keys under `prefix`, folded at the first `separator` after it (`?keys&separator=/`).
-    pub fn kv_keys(&self, prefix: &str, separator: Option<&str>) -> (Vec<String>, u64) {
-        let mut out: Vec<String> = Vec::new();
-        for (k, _) in self.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)) {
-            let folded = match separator.filter(|s| !s.is_empty()) {
-                Some(sep) => match k[prefix.len()..].find(sep) {
-                    Some(pos) => &k[..prefix.len() + pos + sep.len()],
-                    None => k.as_str(),
-                },
-                None => k.as_str(),
-            };
-            if out.last().map(String::as_str) != Some(folded) {
-                out.push(folded.to_string());
-            }
-        }
-        (out, self.prefix_index(prefix))
-    }
-
-    // -------------------------------------------------------------- snapshots --
 
     pub fn to_image(&self) -> StateImage {
         StateImage {

@@ -27,12 +27,20 @@ pub struct PeerClient {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("peer {addr} unreachable: {reason}")]
-    Unreachable { addr: String, reason: String },
+    #[error("peer {addr} unreachable: {error}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        error: reqwest::Error,
+    },
     #[error("peer {addr} answered {status}: {body}")]
     Status { addr: String, status: u16, body: String },
-    #[error("peer {addr} sent an unreadable answer: {reason}")]
-    Decode { addr: String, reason: String },
+    #[error("peer {addr} sent an unreadable answer: {error}")]
+    Decode {
+        addr: String,
+        #[source]
+        error: serde_json::Error,
+    },
 }
 
 impl PeerClient {
@@ -61,7 +69,7 @@ impl PeerClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| PeerError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
+            .map_err(|e| PeerError::Unreachable { addr: addr.to_string(), error: e })?;
         Self::decode(addr, resp).await
     }
 
@@ -78,14 +86,13 @@ impl PeerClient {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| PeerError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
+            .map_err(|e| PeerError::Unreachable { addr: addr.to_string(), error: e })?;
         Self::decode(addr, resp).await
     }
 
     async fn decode<Resp: DeserializeOwned>(addr: &str, resp: reqwest::Response) -> Result<Resp, PeerError> {
         let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|e| PeerError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
+        let bytes = resp.bytes().await.map_err(|e| PeerError::Unreachable { addr: addr.to_string(), error: e })?;
         if !status.is_success() {
             return Err(PeerError::Status {
                 addr: addr.to_string(),
@@ -93,7 +100,7 @@ impl PeerClient {
                 body: String::from_utf8_lossy(&bytes).trim().to_string(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode { addr: addr.to_string(), reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode { addr: addr.to_string(), error: e })
     }
 }
 

@@ -40,8 +40,12 @@ pub struct RaftSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open Raft storage in {dir}: {reason}")]
-    Storage { dir: String, reason: String },
+    #[error("cannot open Raft storage in {dir}: {error}")]
+    Storage {
+        dir: String,
+        #[source]
+        error: Box<crate::types::StorageError>,
+    },
     #[error("invalid Raft configuration: {0}")]
     Config(String),
     #[error("Raft failed to start: {0}")]
@@ -85,7 +89,7 @@ impl RaftNode {
     pub async fn start(settings: RaftSettings) -> Result<(Arc<RaftNode>, Catalog), StartError> {
         let raft_dir = settings.data_dir.join("raft");
         let (log_store, sm) = store::open(&raft_dir)
-            .map_err(|e| StartError::Storage { dir: raft_dir.display().to_string(), reason: e.to_string() })?;
+            .map_err(|error| StartError::Storage { dir: raft_dir.display().to_string(), error: Box::new(error) })?;
         let catalog = Catalog::new(sm.subscribe());
         let config = Config {
             cluster_name: "wharf".into(),

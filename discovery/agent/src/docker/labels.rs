@@ -179,6 +179,37 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
         warnings.push(format!("{name}: SERVICE_IGNORE is set; not registered"));
         return (Vec::new(), warnings);
     }
+    let ports = eligible_ports(facts, mode, &settings, &mut warnings);
+    if ports.is_empty() {
+        if facts.ports.is_empty() {
+            warnings.push(format!("{name}: no exposed ports; nothing to register"));
+        }
+        return (Vec::new(), warnings);
+    }
+    for port in settings.per_port.keys() {
+        if !facts.ports.iter().any(|p| p.port == *port) {
+            warnings.push(format!("{name}: SERVICE_{port}_* given but port {port} is not exposed; ignored"));
+        }
+    }
+    let several = ports.len() > 1;
+    let container_ip = match &mode.network {
+        Some(net) => facts.networks.get(net).cloned(),
+        None => facts.networks.values().find(|ip| !ip.is_empty()).cloned(),
+    };
+    let target = Target { facts, mode, settings: &settings, several, container_ip: container_ip.as_deref() };
+    let out = ports.into_iter().filter_map(|p| target.port_registration(p, &mut warnings)).collect();
+    (out, warnings)
+}
+
+/// The ports to register: those `wharf.port` selects, TCP unless named, published unless
+/// the agent registers container addresses.
+fn eligible_ports<'f>(
+    facts: &'f ContainerFacts,
+    mode: &Mode,
+    settings: &Settings,
+    warnings: &mut Warnings,
+) -> Vec<&'f PortFacts> {
+    let name = &facts.name;
     let only_port: Option<u16> = match facts.labels.get("wharf.port") {
         None => None,
         Some(p) => match p.trim().parse::<u16>() {
@@ -208,35 +239,35 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
         ports.push(p);
     }
     ports.sort_by_key(|p| (p.port, p.proto.clone()));
-    if ports.is_empty() {
-        if facts.ports.is_empty() {
-            warnings.push(format!("{name}: no exposed ports; nothing to register"));
-        }
-        return (Vec::new(), warnings);
-    }
-    for port in settings.per_port.keys() {
-        if !facts.ports.iter().any(|p| p.port == *port) {
-            warnings.push(format!("{name}: SERVICE_{port}_* given but port {port} is not exposed; ignored"));
-        }
-    }
-    let several = ports.len() > 1;
-    let container_ip = match &mode.network {
-        Some(net) => facts.networks.get(net).cloned(),
-        None => facts.networks.values().find(|ip| !ip.is_empty()).cloned(),
-    };
-    let mut out = Vec::new();
-    for p in ports {
+    ports
+}
+
+/// One container as seen for registering its ports.
+struct Target<'a> {
+    facts: &'a ContainerFacts,
+    mode: &'a Mode,
+    settings: &'a Settings,
+    /// More than one port is registered (names and IDs then carry the port).
+    several: bool,
+    container_ip: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// The service one port registers, with its checks; `None` when skipped (said why).
+    fn port_registration(&self, p: &PortFacts, warnings: &mut Warnings) -> Option<Registration> {
+        let (facts, mode, settings, several, name) =
+            (self.facts, self.mode, self.settings, self.several, &self.facts.name);
         let mut m = settings.generic.clone();
         if let Some(specific) = settings.per_port.get(&p.port) {
             m.extend(specific.clone());
         }
         if truthy(m.get("IGNORE")) {
             warnings.push(format!("{name}: port {} ignored by SERVICE_{}_IGNORE", p.port, p.port));
-            continue;
+            return None;
         }
         let explicit_name = m.get("NAME").filter(|n| !n.trim().is_empty()).cloned();
         if mode.explicit && explicit_name.is_none() {
-            continue;
+            return None;
         }
         let service_name = explicit_name.unwrap_or_else(|| {
             let base = image_basename(&facts.image);
@@ -251,15 +282,15 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
             None => format!("{}:{}:{}{udp}", mode.node, name, p.port),
         };
         let (address, port) = if mode.internal {
-            match &container_ip {
-                Some(ip) => (ip.clone(), p.port),
+            match self.container_ip {
+                Some(ip) => (ip.to_string(), p.port),
                 None => {
                     warnings.push(format!(
                         "{name}: no IP on network {:?}; port {} not registered",
                         mode.network.as_deref().unwrap_or("(any)"),
                         p.port
                     ));
-                    continue;
+                    return None;
                 }
             }
         } else {
@@ -297,6 +328,20 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
             create_index: 0,
             modify_index: 0,
         };
+        let checks = self.port_checks(&m, &service, warnings);
+        Some(Registration { service, checks })
+    }
+
+    /// The lifecycle check, the probe the labels ask for, and Docker's HEALTHCHECK.
+    fn port_checks(
+        &self,
+        m: &BTreeMap<String, String>,
+        service: &Service,
+        warnings: &mut Warnings,
+    ) -> Vec<HealthCheck> {
+        let (mode, name, id, service_name, tags) =
+            (self.mode, &self.facts.name, &service.id, &service.service, &service.tags);
+        let (address, port) = (service.address.as_str(), service.port);
         let check =
             |check_id: String, name: String, status: CheckStatus, output: String, def: CheckDefinition| HealthCheck {
                 node: mode.node.clone(),
@@ -308,7 +353,7 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
                 service_id: id.clone(),
                 service_name: service_name.clone(),
                 service_tags: tags.clone(),
-                kind: def.kind().to_string(),
+                kind: def.kind(),
                 interval: def.interval.clone(),
                 timeout: def.timeout.clone(),
                 definition: def,
@@ -334,45 +379,7 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
                 }
             }
         };
-        let interval = duration_or_default("CHECK_INTERVAL", m.get("CHECK_INTERVAL"), "10s", &mut warnings);
-        let timeout = match m.get("CHECK_TIMEOUT") {
-            Some(_) => duration_or_default("CHECK_TIMEOUT", m.get("CHECK_TIMEOUT"), "5s", &mut warnings),
-            None => String::new(),
-        };
-        let deregister = match m.get("CHECK_DEREGISTER_AFTER") {
-            Some(_) => {
-                duration_or_default("CHECK_DEREGISTER_AFTER", m.get("CHECK_DEREGISTER_AFTER"), "1m", &mut warnings)
-            }
-            None => String::new(),
-        };
-        let base = CheckDefinition {
-            interval: interval.clone(),
-            timeout,
-            deregister_critical_service_after: deregister,
-            ..Default::default()
-        };
-        let probe = if let Some(path) = m.get("CHECK_HTTP") {
-            Some(CheckDefinition { http: format!("http://{address}:{port}{}", normalize_path(path)), ..base.clone() })
-        } else if let Some(path) = m.get("CHECK_HTTPS") {
-            Some(CheckDefinition {
-                http: format!("https://{address}:{port}{}", normalize_path(path)),
-                tls_skip_verify: true,
-                ..base.clone()
-            })
-        } else if truthy(m.get("CHECK_TCP")) {
-            Some(CheckDefinition { tcp: format!("{address}:{port}"), ..base.clone() })
-        } else if let Some(ttl) = m.get("CHECK_TTL") {
-            let ttl = duration_or_default("CHECK_TTL", Some(ttl), "30s", &mut warnings);
-            Some(CheckDefinition { ttl, interval: String::new(), ..base.clone() })
-        } else if let Some(module) = m.get("CHECK_WASM").filter(|v| !v.trim().is_empty()) {
-            let config = m.get("CHECK_WASM_CONFIG").cloned().unwrap_or_default();
-            Some(CheckDefinition {
-                wasm: Some(catalog::model::WasmCheck { module: module.trim().to_string(), config }),
-                ..base.clone()
-            })
-        } else {
-            None
-        };
+        let probe = probe_definition(m, address, port, warnings);
         if let Some(def) = probe {
             checks.push(check(
                 format!("service:{id}"),
@@ -382,7 +389,7 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
                 def,
             ));
         }
-        if let Some(h) = facts.health {
+        if let Some(h) = self.facts.health {
             let (status, output) = docker_health_status(h, initial);
             checks.push(check(
                 format!("{HEALTH_CHECK_PREFIX}{id}"),
@@ -392,9 +399,54 @@ pub fn registrations(facts: &ContainerFacts, mode: &Mode) -> (Vec<Registration>,
                 CheckDefinition::default(),
             ));
         }
-        out.push(Registration { service, checks });
+        checks
     }
-    (out, warnings)
+}
+
+/// The check definition the `SERVICE_CHECK_*` labels describe, if any.
+fn probe_definition(
+    m: &BTreeMap<String, String>,
+    address: &str,
+    port: u16,
+    warnings: &mut Warnings,
+) -> Option<CheckDefinition> {
+    let interval = duration_or_default("CHECK_INTERVAL", m.get("CHECK_INTERVAL"), "10s", warnings);
+    let timeout = match m.get("CHECK_TIMEOUT") {
+        Some(_) => duration_or_default("CHECK_TIMEOUT", m.get("CHECK_TIMEOUT"), "5s", warnings),
+        None => String::new(),
+    };
+    let deregister = match m.get("CHECK_DEREGISTER_AFTER") {
+        Some(_) => duration_or_default("CHECK_DEREGISTER_AFTER", m.get("CHECK_DEREGISTER_AFTER"), "1m", warnings),
+        None => String::new(),
+    };
+    let base = CheckDefinition {
+        interval: interval.clone(),
+        timeout,
+        deregister_critical_service_after: deregister,
+        ..Default::default()
+    };
+    if let Some(path) = m.get("CHECK_HTTP") {
+        Some(CheckDefinition { http: format!("http://{address}:{port}{}", normalize_path(path)), ..base.clone() })
+    } else if let Some(path) = m.get("CHECK_HTTPS") {
+        Some(CheckDefinition {
+            http: format!("https://{address}:{port}{}", normalize_path(path)),
+            tls_skip_verify: true,
+            ..base.clone()
+        })
+    } else if truthy(m.get("CHECK_TCP")) {
+        Some(CheckDefinition { tcp: format!("{address}:{port}"), ..base.clone() })
+    } else if let Some(ttl) = m.get("CHECK_TTL") {
+        let ttl = duration_or_default("CHECK_TTL", Some(ttl), "30s", warnings);
+        Some(CheckDefinition { ttl, interval: String::new(), ..base.clone() })
+    } else if let Some(module) = m.get("CHECK_WASM").filter(|v| !v.trim().is_empty()) {
+        let config = m.get("CHECK_WASM_CONFIG").cloned().unwrap_or_default();
+        Some(CheckDefinition {
+            wasm: Some(catalog::model::WasmCheck { module: module.trim().to_string(), config }),
+            ..base.clone()
+        })
+    } else {
+        None
+    }
 }
 
 /// The catalog status mirroring a Docker health state.

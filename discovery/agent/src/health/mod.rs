@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use catalog::command::Command;
-use catalog::duration::parse_go_duration;
-use catalog::model::{CheckStatus, HealthCheck};
+use catalog::model::{CheckKind, CheckStatus, CheckTimes, HealthCheck};
 use catalog::{Catalog, Cluster};
 use thresholds::Thresholds;
 
@@ -92,7 +91,7 @@ impl CheckPolicy {
     /// Refuses checks this agent will not run, saying how to enable them.
     pub fn allows(&self, checks: &[HealthCheck]) -> Result<(), String> {
         for c in checks {
-            if c.kind == "script" && !self.enable_script_checks {
+            if c.kind == CheckKind::Script && !self.enable_script_checks {
                 return Err("Scripts are disabled on this agent; start it with --enable-script-checks (an open API with script checks is remote code execution)".into());
             }
             if let Some(w) = &c.definition.wasm {
@@ -152,7 +151,7 @@ pub struct HealthChecker {
 }
 
 fn runnable(c: &HealthCheck) -> bool {
-    matches!(c.kind.as_str(), "http" | "tcp" | "grpc" | "script" | "ttl" | "wasm")
+    c.kind != CheckKind::Manual
 }
 
 /// Where in its interval a check first runs: spread by its ID so many checks do not fire
@@ -185,7 +184,7 @@ impl HealthChecker {
                 if let Some((_, old)) = tasks.remove(&c.check_id) {
                     old.abort();
                 }
-                if c.kind == "script" && !self.policy.enable_script_checks {
+                if c.kind == CheckKind::Script && !self.policy.enable_script_checks {
                     continue;
                 }
                 let id = c.check_id.clone();
@@ -236,9 +235,11 @@ impl HealthChecker {
     }
 
     /// Deregisters the check's service once it has been critical for too long.
-    async fn maybe_deregister(&self, c: &HealthCheck, critical_since: Option<Instant>) {
-        let (Some(since), false) = (critical_since, c.service_id.is_empty()) else { return };
-        let Ok(after) = parse_go_duration(&c.definition.deregister_critical_service_after, false) else { return };
+    async fn maybe_deregister(&self, c: &HealthCheck, times: &CheckTimes, critical_since: Option<Instant>) {
+        let (Some(since), Some(after), false) = (critical_since, times.deregister_after, c.service_id.is_empty())
+        else {
+            return;
+        };
         if after.is_zero() || since.elapsed() < after {
             return;
         }
@@ -251,15 +252,23 @@ impl HealthChecker {
 
     async fn run_check(self: Arc<Self>, c: HealthCheck) {
         let def = c.definition.clone();
-        if c.kind == "ttl" {
-            return self.run_ttl(c).await;
+        // Parsed once per task; registration refused definitions that do not parse.
+        let times = match def.times() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(check = %c.check_id, "{e}: not run");
+                return;
+            }
+        };
+        if c.kind == CheckKind::Ttl {
+            return self.run_ttl(c, times).await;
         }
-        let Ok(interval) = parse_go_duration(&def.interval, false) else {
-            tracing::warn!(check = %c.check_id, "invalid interval {:?}: not run", def.interval);
+        let Some(interval) = times.interval else {
+            tracing::warn!(check = %c.check_id, "no interval: not run");
             return;
         };
         let interval = interval.max(Duration::from_millis(10));
-        let timeout = parse_go_duration(&def.timeout, false).ok().filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = times.timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
         let mut thresholds = Thresholds::new(&def);
         let mut critical_since = (c.status == CheckStatus::Critical).then(Instant::now);
         let mut next = tokio::time::Instant::now() + stagger(&c.check_id, interval);
@@ -267,13 +276,13 @@ impl HealthChecker {
             tokio::time::sleep_until(next).await;
             next += interval;
             self.metrics.probes.fetch_add(1, Ordering::Relaxed);
-            let (result, output) = match c.kind.as_str() {
-                "http" => probe::http(&self.clients, &def, timeout).await,
-                "tcp" => probe::tcp(&def, timeout).await,
-                "grpc" => probe::grpc(&self.clients, &def, timeout).await,
-                "script" => probe::script(&def, timeout).await,
-                "wasm" => self.run_wasm(&c, timeout).await,
-                _ => return,
+            let (result, output) = match c.kind {
+                CheckKind::Http => probe::http(&self.clients, &def, timeout).await,
+                CheckKind::Tcp => probe::tcp(&def, timeout).await,
+                CheckKind::Grpc => probe::grpc(&self.clients, &def, timeout).await,
+                CheckKind::Script => probe::script(&def, timeout).await,
+                CheckKind::Wasm => self.run_wasm(&c, timeout).await,
+                CheckKind::Ttl | CheckKind::Manual => return,
             };
             if let Some(status) = thresholds.observe(result) {
                 self.record(&c.check_id, status, output).await;
@@ -283,7 +292,7 @@ impl HealthChecker {
                     _ => None,
                 };
             }
-            self.maybe_deregister(&c, critical_since).await;
+            self.maybe_deregister(&c, &times, critical_since).await;
             if tokio::time::Instant::now() > next {
                 // A probe that took longer than the interval: do not pile up.
                 next = tokio::time::Instant::now() + interval;
@@ -315,8 +324,8 @@ impl HealthChecker {
         runner.run(&w.module, &w.config, target, timeout).await
     }
 
-    async fn run_ttl(self: Arc<Self>, c: HealthCheck) {
-        let Ok(ttl) = parse_go_duration(&c.definition.ttl, false) else { return };
+    async fn run_ttl(self: Arc<Self>, c: HealthCheck, times: CheckTimes) {
+        let Some(ttl) = times.ttl else { return };
         let ttl = ttl.max(Duration::from_millis(10));
         let started = Instant::now();
         let mut critical_since = (c.status == CheckStatus::Critical).then(Instant::now);
@@ -342,7 +351,7 @@ impl HealthChecker {
                     critical_since = Some(Instant::now());
                 }
             }
-            self.maybe_deregister(&c, critical_since).await;
+            self.maybe_deregister(&c, &times, critical_since).await;
             // Wait for the next heartbeat (or the deregistration deadline).
             tokio::time::sleep(ttl.min(Duration::from_millis(250))).await;
             if self.ttl.last(&c.check_id).is_some_and(|t| t > last) {

@@ -7,19 +7,8 @@ use std::time::Duration;
 
 use catalog::model::{CheckDefinition, CheckStatus};
 
-/// Longest output kept (Consul's default OutputMaxSize).
-pub const MAX_OUTPUT: usize = 4096;
-
-pub fn cut(mut s: String) -> String {
-    if s.len() > MAX_OUTPUT {
-        let mut n = MAX_OUTPUT;
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        s.truncate(n);
-    }
-    s
-}
+/// Cuts probe output to the catalog's one limit.
+pub use catalog::model::truncate_output as cut;
 
 /// Shared HTTP clients: one that verifies certificates, one that does not.
 #[derive(Clone)]
@@ -181,7 +170,7 @@ mod tests {
     fn output_is_cut_at_4k_on_a_char_boundary() {
         let s = "é".repeat(3000);
         let c = cut(s);
-        assert!(c.len() <= MAX_OUTPUT);
+        assert!(c.len() <= catalog::model::MAX_CHECK_OUTPUT);
         assert!(c.is_char_boundary(c.len()));
     }
 
