@@ -185,8 +185,8 @@ pub fn keygen() {
 /// is known and every definition is valid.
 pub fn validate(paths: &[PathBuf]) -> Result<()> {
     let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| p.is_dir());
-    let sources = crate::config_dir::Sources { files, dirs };
-    let defs = crate::config_dir::read_definitions(&sources, "validate", "dc1", None)?;
+    let sources = local_agent::config_dir::Sources { files, dirs };
+    let defs = local_agent::config_dir::read_definitions(&sources, "validate", "dc1", None)?;
     println!("Configuration is valid! ({} services, {} checks)", defs.services.len(), defs.checks.len());
     Ok(())
 }

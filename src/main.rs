@@ -5,9 +5,7 @@
 //! its runtimes too), and client commands run on a small one of their own.
 
 mod agent;
-mod agent_config;
 mod cli;
-mod config_dir;
 mod kv_lock;
 mod lock_cmd;
 mod rejoin;

@@ -227,7 +227,7 @@ pub struct AgentArgs {
 }
 
 fn parse_bool_flag(s: &str) -> Result<bool, String> {
-    crate::agent_config::parse_bool(s)
+    local_agent::config_file::parse_bool(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

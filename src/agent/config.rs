@@ -19,7 +19,7 @@ use raft::node::RaftSettings;
 use raft::store::raft_id_from_uuid;
 
 use super::args::AgentArgs;
-use crate::agent_config::FileConfig;
+use local_agent::config_file::FileConfig;
 
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const ALL_INTERFACES: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
@@ -133,7 +133,7 @@ pub(super) struct AgentConfig {
     pub dns: Option<DnsConfig>,
     /// `None` when Docker is not watched.
     pub docker: Option<DockerMode>,
-    pub config: crate::config_dir::Sources,
+    pub config: local_agent::config_dir::Sources,
     /// Leave gracefully on SIGTERM (Consul's `leave_on_terminate`; default: clients only).
     pub leave_on_terminate: bool,
     /// Leave gracefully on SIGINT (not `skip_leave_on_interrupt`; default: clients only).
@@ -191,7 +191,7 @@ impl AgentConfig {
             proxy: proxy_settings(args)?,
             dns: dns_config(args, file, &datacenter, client)?,
             docker,
-            config: crate::config_dir::Sources { files: args.config_file.clone(), dirs: args.config_dir.clone() },
+            config: local_agent::config_dir::Sources { files: args.config_file.clone(), dirs: args.config_dir.clone() },
             leave_on_terminate: file.leave_on_terminate.unwrap_or(!role.voter),
             leave_on_interrupt: !file.skip_leave_on_interrupt.unwrap_or(role.voter),
             ui: args.ui || file.ui.unwrap_or(false),

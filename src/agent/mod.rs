@@ -34,9 +34,9 @@ use supervise::{Exit, Supervisor};
 /// Runs the agent: reads its config files, starts logging at `log_level` (the command
 /// line's, else the files' `log_level`, else info), validates the settings and serves.
 pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
-    let files = crate::agent_config::config_files(&args.config_file, &args.config_dir)?;
+    let files = local_agent::config_file::config_files(&args.config_file, &args.config_dir)?;
     let local = std::env::var("WHARF_LOCAL_CONFIG").or_else(|_| std::env::var("CONSUL_LOCAL_CONFIG")).ok();
-    let file = crate::agent_config::load(&files, local.as_deref())?;
+    let file = local_agent::config_file::load(&files, local.as_deref())?;
     crate::init_logging(log_level.or(file.log_level.as_deref()).unwrap_or("info"));
     let host = Host::read();
     let mut args = args;

@@ -43,8 +43,15 @@ impl Supervisor {
         if sources.is_empty() {
             return Ok("no --config-dir or --config-file given; nothing to reload".to_string());
         }
-        crate::config_dir::sync(sources, &self.config.data_dir, &self.info, &self.check_policy, self.cluster.as_ref())
-            .await
+        let synced = local_agent::config_dir::sync(
+            sources,
+            &self.config.data_dir,
+            &self.info,
+            &self.check_policy,
+            self.cluster.as_ref(),
+        )
+        .await?;
+        Ok(synced)
     }
 
     /// Waits for signals and control requests until one ends the agent.

@@ -9,15 +9,54 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
-use catalog::Cluster;
 use catalog::command::{Command, Outcome};
 use catalog::decode::{ConfigFile, decode_value};
-use catalog::model::{HealthCheck, Service};
-use local_agent::health::CheckPolicy;
+use catalog::model::{AgentInfo, HealthCheck, Service};
+use catalog::{Cluster, ClusterError};
 use serde::{Deserialize, Serialize};
 
-use catalog::model::AgentInfo;
+use crate::config_file::{ConfigError, config_files, load};
+use crate::health::CheckPolicy;
+
+/// Why config-dir definitions were not loaded; a failed load changes nothing it had not
+/// written yet, and names the file or registration at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{}: invalid JSON: {error}", file.display())]
+    Json {
+        file: PathBuf,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("{}: {problem}", file.display())]
+    Invalid { file: PathBuf, problem: String },
+    #[error("service ID {0:?} is defined twice in the config dir")]
+    Duplicate(String),
+    #[error("registering {what}: {error}")]
+    Cluster {
+        what: String,
+        #[source]
+        error: ClusterError,
+    },
+    #[error("registering {what}: {reason}")]
+    Rejected { what: String, reason: String },
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+type Result<T, E = DefinitionsError> = std::result::Result<T, E>;
 
 /// What one load found.
 pub struct Definitions {
@@ -55,43 +94,42 @@ pub fn read_definitions(
     datacenter: &str,
     policy: Option<&CheckPolicy>,
 ) -> Result<Definitions> {
-    let files = crate::agent_config::config_files(&sources.files, &sources.dirs)?;
-    crate::agent_config::load(&files, None)?;
+    let files = config_files(&sources.files, &sources.dirs)?;
+    load(&files, None)?;
     let wasm_allowed = |checks: &[HealthCheck]| policy.map_or(Ok(()), |p| wasm_allowed(p, checks));
     let mut defs = Definitions { services: Vec::new(), checks: Vec::new() };
     for file in files {
-        let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = std::fs::read(&file).map_err(|error| DefinitionsError::Read { path: file.clone(), error })?;
         let raw: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", file.display()))?;
-        let parsed: ConfigFile = decode_value(raw).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            serde_json::from_slice(&text).map_err(|error| DefinitionsError::Json { file: file.clone(), error })?;
+        let invalid = |problem: String| DefinitionsError::Invalid { file: file.clone(), problem };
+        let parsed: ConfigFile = decode_value(raw).map_err(invalid)?;
         let (services, checks) = parsed.all_services();
         for reg in services {
-            let (svc, checks) = reg.into_records(node, datacenter).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            wasm_allowed(&checks).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let (svc, checks) = reg.into_records(node, datacenter).map_err(invalid)?;
+            wasm_allowed(&checks).map_err(invalid)?;
             defs.services.push((svc, checks));
         }
         for reg in checks {
             if reg.name.trim().is_empty() {
-                bail!("{}: check without a name", file.display());
+                return Err(invalid("check without a name".into()));
             }
             if !reg.service_id.is_empty() {
-                bail!(
-                    "{}: top-level check {:?} names a ServiceID; define it inside that service's \"checks\" instead",
-                    file.display(),
+                return Err(invalid(format!(
+                    "top-level check {:?} names a ServiceID; define it inside that service's \"checks\" instead",
                     reg.name
-                );
+                )));
             }
             let id = reg.name.clone();
-            let check =
-                reg.into_check(node, None, id, String::new()).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            wasm_allowed(std::slice::from_ref(&check)).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let check = reg.into_check(node, None, id, String::new()).map_err(invalid)?;
+            wasm_allowed(std::slice::from_ref(&check)).map_err(invalid)?;
             defs.checks.push(check);
         }
     }
     let mut seen = BTreeSet::new();
     for (svc, _) in &defs.services {
         if !seen.insert(svc.id.clone()) {
-            bail!("service ID {:?} is defined twice in the config dir", svc.id);
+            return Err(DefinitionsError::Duplicate(svc.id.clone()));
         }
     }
     Ok(defs)
@@ -108,10 +146,10 @@ fn state_file(data_dir: &Path) -> PathBuf {
     data_dir.join("config-dir-registrations.json")
 }
 
-async fn write_ok(cluster: &dyn Cluster, cmd: Command) -> Result<()> {
-    let w = cluster.write(cmd).await?;
+async fn write_ok(cluster: &dyn Cluster, cmd: Command, what: impl Fn() -> String) -> Result<()> {
+    let w = cluster.write(cmd).await.map_err(|error| DefinitionsError::Cluster { what: what(), error })?;
     match w.outcome {
-        Outcome::Rejected(msg) => Err(anyhow!(msg)),
+        Outcome::Rejected(reason) => Err(DefinitionsError::Rejected { what: what(), reason }),
         _ => Ok(()),
     }
 }
@@ -142,9 +180,9 @@ pub async fn sync(
                 skip_node_update: false,
                 replace_service_checks: true,
             },
+            || format!("service {:?}", svc.id),
         )
-        .await
-        .with_context(|| format!("registering service {:?}", svc.id))?;
+        .await?;
     }
     for check in &defs.checks {
         now.checks.insert(check.check_id.clone());
@@ -157,19 +195,21 @@ pub async fn sync(
                 skip_node_update: false,
                 replace_service_checks: false,
             },
+            || format!("check {:?}", check.check_id),
         )
-        .await
-        .with_context(|| format!("registering check {:?}", check.check_id))?;
+        .await?;
     }
     for gone in previous.services.difference(&now.services) {
-        write_ok(cluster, Command::DeregisterService { node: agent.node_name.clone(), service_id: gone.clone() })
-            .await?;
+        let cmd = Command::DeregisterService { node: agent.node_name.clone(), service_id: gone.clone() };
+        write_ok(cluster, cmd, || format!("the removal of service {gone:?}")).await?;
     }
     for gone in previous.checks.difference(&now.checks) {
-        write_ok(cluster, Command::DeregisterCheck { node: agent.node_name.clone(), check_id: gone.clone() }).await?;
+        let cmd = Command::DeregisterCheck { node: agent.node_name.clone(), check_id: gone.clone() };
+        write_ok(cluster, cmd, || format!("the removal of check {gone:?}")).await?;
     }
-    let bytes = serde_json::to_vec(&now)?;
-    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    let write_error = |error| DefinitionsError::Write { path: path.clone(), error };
+    let bytes = serde_json::to_vec(&now).map_err(|e| write_error(std::io::Error::other(e)))?;
+    std::fs::write(&path, bytes).map_err(write_error)?;
     Ok(format!(
         "config dir: {} services, {} checks registered; {} services removed",
         now.services.len(),
