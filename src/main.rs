@@ -223,7 +223,7 @@ fn main() {
 
 /// An error and its causes as one line, `what: why: why`, leaving out a cause whose text the
 /// message before it already holds (typed errors often quote their source).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut last = out.clone();
     let mut cause = e.source();

@@ -213,14 +213,21 @@ impl ProxyHttp for WharfProxy {
             e.set_retry(false);
         } else if let Some(route) = ctx.route.clone() {
             let closed = !timed_out && matches!(e.esource(), ErrorSource::Upstream);
+            // retry_after_send counts the retries it grants; Pingora's own reuse rule may
+            // still grant one for an idempotent request, counted here.
             if ctx.attempts.retry_after_send(&self.settings, &route, idempotent, closed) {
                 e.set_retry(true);
             } else if !idempotent {
                 e.set_retry(false);
             } else {
                 e.retry.decide_reuse(client_reused);
+                if e.retry() {
+                    count_retry(&route);
+                }
             }
             return e;
+        } else if !idempotent {
+            e.set_retry(false);
         }
         if e.retry()
             && let Some(r) = &ctx.route

@@ -68,8 +68,11 @@ async fn serve(p: Prepared) -> Result<Exit> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (control_tx, control_rx) = mpsc::channel(8);
 
+    // The Raft port first (peers must reach this node while the rest starts) and last to stop.
+    let raft = services::start(vec![raft_port(raft_listener, node.clone()), bootstrap(node.clone())], &stop_rx);
+
     let mut metrics: Vec<MetricsRenderer> = Vec::new();
-    let mut core: Vec<Box<dyn Service>> = vec![raft_port(raft_listener, node.clone()), bootstrap(node.clone())];
+    let mut core: Vec<Box<dyn Service>> = Vec::new();
     if let Some(dns) = dns {
         tracing::info!(dns = ?dns.local_addr(), "DNS listening (UDP and TCP)");
         core.push(dns_service(dns, catalog.clone()));
@@ -125,9 +128,11 @@ async fn serve(p: Prepared) -> Result<Exit> {
     }
     let exit = supervisor.run(control_rx).await?;
 
+    // Stop: every service but Raft, then the Raft node, then its port.
     let _ = stop_tx.send(true);
-    running.join(Duration::from_secs(10)).await;
+    running.join(Duration::from_secs(15)).await;
     node.shutdown().await;
+    raft.join(Duration::from_secs(5)).await;
     Ok(exit)
 }
 

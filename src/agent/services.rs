@@ -58,13 +58,22 @@ pub(super) struct Running {
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
 }
 
-/// Spawns every service on the current runtime.
+/// Spawns every service on the current runtime. A service that fails is logged with its
+/// name when it fails, not only at shutdown.
 pub(super) fn start(services: Vec<Box<dyn Service>>, stop: &Stop) -> Running {
     let tasks = services
         .into_iter()
         .map(|s| {
             let name = s.name();
-            (name, tokio::spawn(s.run(stop.clone())))
+            let run = s.run(stop.clone());
+            let task = tokio::spawn(async move {
+                let result = run.await;
+                if let Err(e) = &result {
+                    tracing::error!(service = name, "stopped with an error: {}", crate::error_chain(e.as_ref()));
+                }
+                result
+            });
+            (name, task)
         })
         .collect();
     Running { tasks }
@@ -76,23 +85,22 @@ impl Running {
         self.tasks.extend(more.tasks);
     }
 
-    /// Waits for every service to finish (the stop signal must have been sent), each
-    /// within `each`. Returns the names of those that failed or timed out.
-    pub async fn join(self, each: Duration) -> Vec<&'static str> {
+    /// Waits for every service to finish (the stop signal must have been sent), all within
+    /// `within` together. Returns the names of those that failed, panicked or did not finish
+    /// in time (those are abandoned).
+    pub async fn join(self, within: Duration) -> Vec<&'static str> {
+        let deadline = tokio::time::Instant::now() + within;
         let mut bad = Vec::new();
         for (name, handle) in self.tasks {
-            match tokio::time::timeout(each, handle).await {
+            match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok(Ok(()))) => tracing::debug!(service = name, "stopped"),
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(service = name, "stopped with an error: {e:#}");
-                    bad.push(name);
-                }
+                Ok(Ok(Err(_))) => bad.push(name),
                 Ok(Err(e)) => {
                     tracing::error!(service = name, "panicked: {e}");
                     bad.push(name);
                 }
                 Err(_) => {
-                    tracing::warn!(service = name, "did not stop within {each:?}; abandoned");
+                    tracing::warn!(service = name, "did not stop within {within:?}; abandoned");
                     bad.push(name);
                 }
             }

@@ -89,7 +89,7 @@ impl Supervisor {
         }
         match self.reload().await {
             Ok(s) => tracing::info!("SIGHUP: {s}"),
-            Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {e:#}"),
+            Err(e) => tracing::error!("SIGHUP reload failed, catalog unchanged: {}", crate::error_chain(e.as_ref())),
         }
     }
 
@@ -97,7 +97,7 @@ impl Supervisor {
     async fn on_control(&self, msg: AgentControl) -> Option<Exit> {
         match msg {
             AgentControl::Reload(reply) => {
-                let res = self.reload().await.map_err(|e| format!("{e:#}"));
+                let res = self.reload().await.map_err(|e| crate::error_chain(e.as_ref()));
                 if let Err(e) = &res {
                     tracing::error!("reload failed, catalog unchanged: {e}");
                 }

@@ -665,3 +665,11 @@ fn non_ascii_identifiers_and_text_in_actions_do_not_panic() {
     let e = Template::parse("t.ctmpl", "é\n{{ if true }}ü").expect_err("unclosed if");
     assert!(e.to_string().contains("t.ctmpl:2:"), "{e}");
 }
+
+#[test]
+fn endless_template_recursion_is_an_error_not_a_crash() {
+    let t = Template::parse("loop.tmpl", r#"{{define "a"}}x{{template "a" .}}{{end}}{{template "a" .}}"#)
+        .expect("parses: recursion is legal Go template syntax");
+    let e = t.render(Arc::new(sample()), &opts()).expect_err("must stop");
+    assert!(e.to_string().contains("loop.tmpl"), "{e}");
+}

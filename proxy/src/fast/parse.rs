@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::pingora_path::MAX_HEADER_BYTES;
-use crate::request::{HeaderSource, append_forwarded_for, hash_key, is_idempotent, strip_target};
+use crate::request::{append_forwarded_for, hash_key, is_idempotent, strip_target};
 use crate::route_table::{Route, RouteTable};
 
 /// Largest request body the fast path buffers (bigger ones go to Pingora, which streams).
@@ -172,14 +172,18 @@ fn write_upstream_head(
     out.push(b' ');
     out.extend_from_slice(strip_target(head.target, route.strip.as_deref()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The client's X-Forwarded-For values, unless its Connection field names the field.
+    let mut forwarded: Vec<&[u8]> = Vec::new();
     for f in fields {
         let name = f.name;
         if is_hop_by_hop(name)
             || listed_hop(&head.connection_tokens, name)
-            || ["x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-for"]
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h))
+            || ["x-real-ip", "x-forwarded-proto", "x-forwarded-host"].iter().any(|h| name.eq_ignore_ascii_case(h))
         {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded.push(f.value);
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -189,7 +193,6 @@ fn write_upstream_head(
     }
     const XFF: &[u8] = b"X-Forwarded-For: ";
     out.extend_from_slice(XFF);
-    let forwarded: Vec<&[u8]> = fields.values("x-forwarded-for").collect();
     if append_forwarded_for(&forwarded, ip, out) {
         out.extend_from_slice(b"\r\n");
     } else {
@@ -308,6 +311,11 @@ mod tests {
         assert_eq!((r.route.service.as_str(), r.body_len, r.keep_alive, r.idempotent), ("api", 3, false, false));
         assert!(out.starts_with("POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"), "{out}");
         assert!(!out.contains("X-Drop") && !out.contains("Connection"), "listed and hop-by-hop fields dropped: {out}");
+        // A chain the client marks hop-by-hop is not passed on; wharf's own entry still is.
+        let (_, out) = parse(
+            b"GET / HTTP/1.1\r\nHost: web.localhost\r\nConnection: X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+        );
+        assert!(out.contains("X-Forwarded-For: 10.0.0.9\r\n") && !out.contains("6.6.6.6"), "{out}");
     }
 
     #[test]
