@@ -124,7 +124,9 @@ async fn serve(p: Prepared) -> Result<Exit> {
         config: p.config,
     };
     if !supervisor.config.config.is_empty() {
-        tracing::info!("{}", supervisor.reload().await.context("loading --config-dir")?);
+        // Loaded outside the log macro: a disabled level must not skip the load.
+        let summary = supervisor.reload().await.context("loading --config-dir")?;
+        tracing::info!("{summary}");
     }
     let exit = supervisor.run(control_rx).await?;
 

@@ -161,3 +161,29 @@ async fn agent_keys_in_config_files_are_applied_or_refused_by_name() {
         "{log}"
     );
 }
+
+/// The quietest log level still loads the config dir (the load once sat inside an `info!`
+/// macro, which a disabled level skips whole, so `--log-level warn` registered nothing).
+#[tokio::test]
+async fn config_dir_loads_at_any_log_level() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("conf.d");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::write(conf.join("web.json"), r#"{"service": {"name": "web", "id": "web-1", "port": 8080}}"#)
+        .expect("write");
+    let mut agent = Agent::new(
+        tmp.path().join("data"),
+        "node-1",
+        vec!["--config-dir".into(), conf.to_str().expect("utf8").into(), "--log-level".into(), "warn".into()],
+        None,
+    );
+    // RUST_LOG wins over --log-level; the harness sets it to info.
+    agent.env.push(("RUST_LOG".into(), "warn".into()));
+    agent.start(&["--dev"]);
+    agent.wait_ready().await;
+    let api = Api::new(&agent);
+    wait_for("the config dir's service at --log-level warn", Duration::from_secs(10), || async {
+        service_ids(&api.get_json("/v1/agent/services").await.0) == ["web-1"]
+    })
+    .await;
+}
