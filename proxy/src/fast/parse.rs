@@ -385,6 +385,12 @@ mod tests {
 
     #[test]
     fn tokens_and_lengths() {
+        // As in the fast path's tests before the split.
+        assert!(has_token(b"keep-alive, Close", "close"));
+        assert!(!has_token(b"closed", "close"));
+        assert_eq!(parse_length(b" 12 "), Some(12));
+        assert_eq!(parse_length(b"+12"), None);
+        assert_eq!(parse_length(b"1,2"), None);
         assert!(has_token(b"keep-alive, Upgrade", "upgrade"));
         assert!(!has_token(b"upgraded", "upgrade"));
         assert_eq!(parse_length(b" 42 "), Some(42));
