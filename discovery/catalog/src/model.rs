@@ -419,9 +419,10 @@ mod tests {
         assert!(bad.times().expect_err("malformed").starts_with("Invalid Timeout"));
 
         assert_eq!(truncate_output("short".into()), "short");
-        let long = "é".repeat(MAX_CHECK_OUTPUT);
-        let cut = truncate_output(long);
-        assert!(cut.len() <= MAX_CHECK_OUTPUT && cut.ends_with(" ..."), "{}", cut.len());
+        let long = format!("a{}", "é".repeat(MAX_CHECK_OUTPUT));
+        let cut = truncate_output(long.clone());
+        assert_eq!(cut.len(), 4091 + 4, "4,092 falls inside a character: cut back one byte, then marked");
+        assert!(cut.starts_with(&long[..4091]) && cut.ends_with(" ..."));
     }
 
     #[test]

@@ -168,10 +168,13 @@ mod tests {
 
     #[test]
     fn output_is_cut_at_4k_on_a_char_boundary() {
-        let s = "é".repeat(3000);
-        let c = cut(s);
+        // "a" then 2-byte characters: every character boundary is odd, so the cut point
+        // (4,096 less the 4-byte " ..." mark = 4,092) falls inside a character.
+        let s = format!("a{}", "é".repeat(3000));
+        let c = cut(s.clone());
         assert!(c.len() <= catalog::model::MAX_CHECK_OUTPUT);
-        assert!(c.is_char_boundary(c.len()));
+        assert_eq!(c, format!("{} ...", &s[..4091]), "cut back to the boundary before 4,092, then marked");
+        assert_eq!(cut("short".into()), "short");
     }
 
     #[test]
