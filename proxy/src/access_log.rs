@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ pub struct AccessRecord<'a> {
 impl AccessLog {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         AccessLog(Mutex::new(out))
+    }
+
+    /// Opens the log at `path` for appending, a line at a time; `-` is standard output.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if path == Path::new("-") {
+            return Ok(AccessLog::new(Box::new(std::io::stdout())));
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(AccessLog::new(Box::new(std::io::LineWriter::new(file))))
     }
 
     /// Writes one request's line.

@@ -40,6 +40,7 @@ pub use pingora_path::WharfProxy;
 pub use route_table::{RouteTable, TableBuilder, TableSettings};
 
 /// Everything the proxy is started with.
+#[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// Plain HTTP listeners (HTTP/1.1 and h2c).
     pub listen: Vec<SocketAddr>,
@@ -47,7 +48,8 @@ pub struct ProxyConfig {
     pub threads: usize,
     pub table: TableSettings,
     pub upstream: UpstreamSettings,
-    pub access_log: Option<AccessLog>,
+    /// JSON-lines access log file (`-`: standard output); none by default.
+    pub access_log: Option<std::path::PathBuf>,
     /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN) and its certificates.
     pub tls_listen: Option<SocketAddr>,
     pub certs: Vec<tls::CertPaths>,
@@ -62,6 +64,12 @@ pub enum ProxyError {
     )]
     Bind {
         addr: SocketAddr,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot open the access log {}: {error}", path.display())]
+    AccessLog {
+        path: std::path::PathBuf,
         #[source]
         error: std::io::Error,
     },
@@ -181,7 +189,12 @@ pub fn start(config: ProxyConfig, catalog: Catalog, stop: watch::Receiver<bool>)
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let access_log = config.access_log.map(Arc::new);
+    let access_log = match &config.access_log {
+        Some(path) => {
+            Some(Arc::new(AccessLog::open(path).map_err(|error| ProxyError::AccessLog { path: path.clone(), error })?))
+        }
+        None => None,
+    };
     let proxy = WharfProxy {
         table: table.clone(),
         settings: config.upstream.clone(),

@@ -7,7 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -95,19 +94,6 @@ pub(super) enum KeyChoice {
     Unauthenticated,
 }
 
-/// The proxy's settings, resolved from the flags.
-#[derive(Clone, Debug)]
-pub(super) struct ProxySettings {
-    pub listen: Vec<SocketAddr>,
-    pub threads: usize,
-    pub table: proxy::TableSettings,
-    pub upstream: proxy::UpstreamSettings,
-    pub access_log: Option<PathBuf>,
-    pub tls_listen: Option<SocketAddr>,
-    pub certs: Vec<proxy::tls::CertPaths>,
-    pub header_timeout: Duration,
-}
-
 /// The agent's validated settings; no side effect has happened yet.
 #[derive(Clone, Debug)]
 pub(super) struct AgentConfig {
@@ -128,7 +114,7 @@ pub(super) struct AgentConfig {
     pub raft_snapshot_threshold: u64,
     pub enable_script_checks: bool,
     pub plugins: Option<(PathBuf, usize)>,
-    pub proxy: Option<ProxySettings>,
+    pub proxy: Option<proxy::ProxyConfig>,
     /// `None` with --no-dns.
     pub dns: Option<DnsConfig>,
     /// `None` when Docker is not watched.
@@ -150,7 +136,7 @@ impl AgentConfig {
         let role = role(args, file)?;
         let key = cluster_key(args, file, role.alone)?;
         let join_key = if role.alone { cluster_key(args, file, false)? } else { key.clone() };
-        let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or(host.default_data_dir.clone());
+        let data_dir = data_dir(args, file, host);
         let node_id = match args.node_id.as_ref().or(file.node_id.as_ref()) {
             Some(id) => Some(
                 id.parse::<uuid::Uuid>()
@@ -290,6 +276,11 @@ pub(super) struct Prepared {
     pub plugin_host: Option<Arc<plugins::PluginHost>>,
 }
 
+/// The data dir: `--data-dir`, else the config files' `data_dir`, else the host's default.
+pub(super) fn data_dir(args: &AgentArgs, file: &FileConfig, host: &Host) -> PathBuf {
+    args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| host.default_data_dir.clone())
+}
+
 /// Reads a value kept in the data dir, creating it with `make` the first time.
 fn persistent_value(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
     match std::fs::read_to_string(path) {
@@ -401,14 +392,14 @@ fn cluster_key(args: &AgentArgs, file: &FileConfig, alone: bool) -> Result<KeyCh
     Ok(if alone { KeyChoice::KeptInDataDir } else { KeyChoice::Unauthenticated })
 }
 
-fn proxy_settings(args: &AgentArgs) -> Result<Option<ProxySettings>> {
+fn proxy_settings(args: &AgentArgs) -> Result<Option<proxy::ProxyConfig>> {
     if !args.proxy_cert.is_empty() && args.proxy_tls_addr.is_none() {
         bail!("--proxy-cert needs --proxy-tls-addr (the TLS listener)");
     }
     if args.no_proxy {
         return Ok(None);
     }
-    Ok(Some(ProxySettings {
+    Ok(Some(proxy::ProxyConfig {
         listen: args.proxy_addr.clone(),
         threads: args.proxy_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         table: proxy::TableSettings {

@@ -14,7 +14,6 @@ mod services;
 mod supervise;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
     crate::init_logging(log_level.or(file.log_level.as_deref()).unwrap_or("info"));
     let host = Host::read();
     let mut args = args;
-    let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or(host.default_data_dir.clone());
+    let data_dir = config::data_dir(&args, &file, &host);
     args.retry_join.extend(crate::rejoin::take(&data_dir)?);
     let prepared = AgentConfig::from_args(&args, &file, &host)?.prepare()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,18 +192,8 @@ fn applied_clock(state: &ApiState) -> Box<dyn Service> {
 
 /// Starts Pingora's thread; the service waits for the stop signal, then for the thread.
 /// Also returns the reloadable certificates (SIGHUP) and the proxy's metrics.
-fn proxy_service(p: &config::ProxySettings, catalog: &Catalog, stop: &Stop) -> Result<StartedProxy> {
-    let config = proxy::ProxyConfig {
-        listen: p.listen.clone(),
-        threads: p.threads,
-        table: p.table.clone(),
-        upstream: p.upstream.clone(),
-        access_log: p.access_log.as_deref().map(open_access_log).transpose()?,
-        tls_listen: p.tls_listen,
-        certs: p.certs.clone(),
-        header_timeout: p.header_timeout,
-    };
-    let handle = proxy::start(config, catalog.clone(), stop.clone())?;
+fn proxy_service(p: &proxy::ProxyConfig, catalog: &Catalog, stop: &Stop) -> Result<StartedProxy> {
+    let handle = proxy::start(p.clone(), catalog.clone(), stop.clone())?;
     tracing::info!(listen = ?p.listen, threads = p.threads, "proxy listening");
     let (certs, metrics) = (handle.certs.clone(), handle.metrics.clone());
     let service = task("proxy", move |mut stop: Stop| async move {
@@ -220,16 +209,4 @@ struct StartedProxy {
     /// The TLS certificates, reloaded on SIGHUP.
     certs: Option<Arc<proxy::tls::CertStore>>,
     metrics: Arc<proxy::ProxyMetrics>,
-}
-
-fn open_access_log(path: &Path) -> Result<proxy::AccessLog> {
-    if path == Path::new("-") {
-        return Ok(proxy::AccessLog::new(Box::new(std::io::stdout())));
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open the access log {}", path.display()))?;
-    Ok(proxy::AccessLog::new(Box::new(std::io::LineWriter::new(file))))
 }
