@@ -120,11 +120,11 @@ impl Members {
 
     /// A member is up (new, back, or restarted). A name held by another alive member at
     /// another address is refused; the same identity after its leave stays left.
-    pub fn up(&mut self, id: &MemberId, now: Instant) -> Result<bool, NameConflict> {
+    pub fn up(&mut self, id: &MemberId, now: Instant) -> Result<bool, Box<NameConflict>> {
         match self.by_name.get_mut(&id.name) {
             Some(m) if m.id == *id && m.status != Status::Failed => Ok(false),
             Some(m) if m.id.addr != id.addr && m.status == Status::Alive => {
-                Err(NameConflict { holder: m.id.clone(), newcomer: id.clone() })
+                Err(Box::new(NameConflict { holder: m.id.clone(), newcomer: id.clone() }))
             }
             Some(m) if m.id.addr == id.addr && m.id.incarnation > id.incarnation => Ok(false),
             _ => {
