@@ -57,6 +57,10 @@ pub struct AgentArgs {
     /// WHARF_SERVER_PORT).
     #[arg(long, alias = "server-port", value_name = "PORT", env = "WHARF_SERVER_PORT")]
     pub raft_port: Option<u16>,
+    /// Gossip port, UDP (membership and failure detection; Consul's Serf LAN port)
+    /// (default 8301; also WHARF_SERF_LAN_PORT).
+    #[arg(long, value_name = "PORT", env = "WHARF_SERF_LAN_PORT")]
+    pub serf_lan_port: Option<u16>,
     /// Address the HTTP API and DNS bind to (default 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub client: Option<IpAddr>,

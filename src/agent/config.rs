@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -106,6 +107,11 @@ pub(super) struct AgentConfig {
     pub advertise: IpAddr,
     pub raft_bind: SocketAddr,
     pub raft_addr: SocketAddr,
+    /// The gossip socket (UDP) and the address members reach it at.
+    pub gossip_bind: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    /// How long a failed member stays in the catalog (critical) before it is reaped.
+    pub reconnect_timeout: Duration,
     pub http_addr: SocketAddr,
     /// The key this agent's Raft port requires now.
     pub cluster_key: KeyChoice,
@@ -151,6 +157,7 @@ impl AgentConfig {
             None => bind,
         };
         let raft_port = args.raft_port.or(file.server_port).unwrap_or(8300);
+        let gossip_port = args.serf_lan_port.or(file.serf_lan_port).unwrap_or(8301);
         let client = args.client.or(file.client_addr).unwrap_or(LOOPBACK);
         let node_name = args.node.clone().or_else(|| file.node_name.clone()).unwrap_or(host.hostname.clone());
         let datacenter = args.datacenter.clone().or_else(|| file.datacenter.clone()).unwrap_or_else(|| "dc1".into());
@@ -168,6 +175,9 @@ impl AgentConfig {
             advertise,
             raft_bind: SocketAddr::new(bind, raft_port),
             raft_addr: SocketAddr::new(advertise, raft_port),
+            gossip_bind: SocketAddr::new(bind, gossip_port),
+            gossip_addr: SocketAddr::new(advertise, gossip_port),
+            reconnect_timeout: file.reconnect_timeout.unwrap_or(Duration::from_secs(72 * 3600)),
             http_addr: SocketAddr::new(client, args.http_port.or(file.http_port).unwrap_or(8500)),
             cluster_key: key,
             join_key,
@@ -208,8 +218,8 @@ impl AgentConfig {
         let join_key = self.key(&self.join_key)?;
         if cluster_key.is_empty() {
             tracing::warn!(
-                "NO CLUSTER KEY: node-to-node traffic on the Raft port is neither authenticated nor encrypted, so \
-                 anyone who reaches it can join or rewrite the catalog. Give every agent the same -encrypt key \
+                "NO CLUSTER KEY: node-to-node traffic (the Raft port and gossip) is neither authenticated nor \
+                 encrypted, so anyone who reaches it can join, fake a member's health or rewrite the catalog. Give every agent the same -encrypt key \
                  (`wharf keygen`)."
             );
         }
@@ -231,12 +241,30 @@ impl AgentConfig {
             retry_join: self.role.joins.iter().map(|a| with_default_port(a, 8300)).collect(),
             voter: self.role.voter,
             snapshot_threshold: self.raft_snapshot_threshold,
+            gossip_addr: Some(self.gossip_addr.to_string()),
         };
         let check_policy = CheckPolicy {
             enable_script_checks: self.enable_script_checks,
             wasm: plugin_host.clone().map(|h| Arc::new(crate::wasm::WasmChecks(h)) as Arc<dyn WasmRunner>),
         };
-        Ok(Prepared { info, raft, join_key, check_policy, plugin_host, config: self })
+        let gossip = gossip::Settings {
+            bind: self.gossip_bind,
+            me: gossip::MemberId {
+                addr: self.gossip_addr,
+                incarnation: incarnation_now(),
+                name: self.node_name.clone(),
+                tags: gossip::Tags {
+                    server: self.role.voter,
+                    datacenter: self.datacenter.clone(),
+                    id: node_uuid.to_string(),
+                    raft_addr: self.raft_addr.to_string(),
+                    build: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            },
+            key: gossip::Key::from_cluster_key(&join_key),
+            timing: gossip::Timing::default(),
+        };
+        Ok(Prepared { info, raft, join_key, check_policy, plugin_host, gossip, config: self })
     }
 
     fn key(&self, choice: &KeyChoice) -> Result<String> {
@@ -274,6 +302,12 @@ pub(super) struct Prepared {
     pub check_policy: CheckPolicy,
     /// The Wasm plugin host, when `--plugin-dir` is given.
     pub plugin_host: Option<Arc<plugins::PluginHost>>,
+    pub gossip: gossip::Settings,
+}
+
+/// A gossip incarnation that grows across restarts: milliseconds since the epoch.
+fn incarnation_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1)
 }
 
 /// The data dir: `--data-dir`, else the config files' `data_dir`, else the host's default.

@@ -10,6 +10,7 @@
 mod args;
 mod config;
 mod local;
+mod membership;
 mod services;
 mod supervise;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use catalog::model::AgentInfo;
 use catalog::{Catalog, Cluster};
 use consul_api::{ApiState, MetricsRenderer};
 use dns::DnsServer;
@@ -57,40 +59,27 @@ pub fn run(args: AgentArgs, log_level: Option<&str>) -> Result<()> {
 
 /// Serves until a signal, `leave` or a run-time join ends the agent.
 async fn serve(p: Prepared) -> Result<Exit> {
+    let (stop_tx, stop_rx) = watch::channel(false);
     // Bind every port first, so a busy port fails the start loudly.
     let raft_listener = bind(p.config.raft_bind, "Raft port").await?;
     let http_listener = bind(p.config.http_addr, "HTTP API").await?;
     let dns = p.config.dns.clone().map(DnsServer::bind).transpose()?;
+    let (gossip, gossip_engine) = gossip::start(p.gossip.clone(), stop_rx.clone()).await?;
     let (node, catalog) = RaftNode::start(p.raft.clone()).await?;
     let cluster: Arc<dyn Cluster> = node.clone();
     let info = Arc::new(p.info.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (control_tx, control_rx) = mpsc::channel(8);
 
     // The Raft port first (peers must reach this node while the rest starts) and last to stop.
-    let raft = services::start(vec![raft_port(raft_listener, node.clone()), bootstrap(node.clone())], &stop_rx);
+    let raft = services::start(
+        vec![raft_port(raft_listener, node.clone()), bootstrap(node.clone()), membership::engine(gossip_engine)],
+        &stop_rx,
+    );
+    tracing::info!(gossip = %gossip.local_addr(), "gossip listening (UDP)");
 
     let mut metrics: Vec<MetricsRenderer> = Vec::new();
-    let mut core: Vec<Box<dyn Service>> = Vec::new();
-    if let Some(dns) = dns {
-        tracing::info!(dns = ?dns.local_addr(), "DNS listening (UDP and TCP)");
-        core.push(dns_service(dns, catalog.clone()));
-    }
-    if let Some(host) = p.plugin_host.clone() {
-        tracing::info!(dir = %host.dir().display(), "Wasm plugins enabled");
-        metrics.push(Arc::new(move |out: &mut String| host.metrics.render(out)));
-    }
-    let (proxy, certs) = match &p.config.proxy {
-        Some(settings) => {
-            let StartedProxy { service, certs, metrics: m } = proxy_service(settings, &catalog, &stop_rx)?;
-            metrics.push(Arc::new(move |out: &mut String| m.render(out)));
-            (Some(service), certs)
-        }
-        None => (None, None),
-    };
-    core.extend(proxy);
-    let templates = crate::template_cmd::in_agent(&p.config.templates, &catalog, &info.node_name, &info.datacenter)?;
-    core.extend(templates.map(|t| task("templates", move |stop| t.run(stop))));
+    let mut core = membership::services(&gossip, &node, &catalog, &cluster, p.config.reconnect_timeout);
+    let certs = readers(&p, dns, &catalog, &info, &stop_rx, &mut metrics, &mut core)?;
     let sources = local::RegistrationSources::new(&p, &info, &cluster, &catalog);
     metrics.push(sources.metrics_renderer());
     let state = ApiState {
@@ -101,6 +90,7 @@ async fn serve(p: Prepared) -> Result<Exit> {
         metrics,
         local: sources.api_view(),
         applied: consul_api::session::AppliedClock::default(),
+        members: Arc::new(membership::GossipMembers(gossip.clone())),
     };
     core.push(applied_clock(&state));
     core.push(http_api(http_listener, state));
@@ -115,6 +105,7 @@ async fn serve(p: Prepared) -> Result<Exit> {
     running.extend(services::start(sources.services(), &stop_rx));
     let supervisor = Supervisor {
         node: node.clone(),
+        gossip,
         cluster,
         info,
         join_key: p.join_key,
@@ -135,6 +126,39 @@ async fn serve(p: Prepared) -> Result<Exit> {
     node.shutdown().await;
     raft.join(Duration::from_secs(5)).await;
     Ok(exit)
+}
+
+/// The services that read the catalog for the outside world: DNS, the proxy, the agent's
+/// templates (and the plugin host's metrics). Returns the proxy's reloadable certificates.
+fn readers(
+    p: &Prepared,
+    dns: Option<DnsServer>,
+    catalog: &Catalog,
+    info: &AgentInfo,
+    stop_rx: &Stop,
+    metrics: &mut Vec<MetricsRenderer>,
+    core: &mut Vec<Box<dyn Service>>,
+) -> Result<Option<Arc<proxy::tls::CertStore>>> {
+    if let Some(dns) = dns {
+        tracing::info!(dns = ?dns.local_addr(), "DNS listening (UDP and TCP)");
+        core.push(dns_service(dns, catalog.clone()));
+    }
+    if let Some(host) = p.plugin_host.clone() {
+        tracing::info!(dir = %host.dir().display(), "Wasm plugins enabled");
+        metrics.push(Arc::new(move |out: &mut String| host.metrics.render(out)));
+    }
+    let certs = match &p.config.proxy {
+        Some(settings) => {
+            let StartedProxy { service, certs, metrics: m } = proxy_service(settings, &catalog, stop_rx)?;
+            metrics.push(Arc::new(move |out: &mut String| m.render(out)));
+            core.push(service);
+            certs
+        }
+        None => None,
+    };
+    let templates = crate::template_cmd::in_agent(&p.config.templates, &catalog, &info.node_name, &info.datacenter)?;
+    core.extend(templates.map(|t| task("templates", move |stop| t.run(stop))));
+    Ok(certs)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {

@@ -27,6 +27,7 @@ pub(super) enum Exit {
 
 pub(super) struct Supervisor {
     pub node: Arc<RaftNode>,
+    pub gossip: gossip::Gossip,
     pub cluster: Arc<dyn Cluster>,
     pub info: Arc<AgentInfo>,
     pub config: AgentConfig,
@@ -150,6 +151,8 @@ impl Supervisor {
     /// and everything registered on it leave the catalog; a server also leaves the voters.
     pub async fn leave(&self) {
         tracing::info!("leaving the cluster");
+        // First the pool, so the leader reads a leave, not a failure.
+        self.gossip.leave().await;
         let gone = Command::DeregisterNode { node: self.info.node_name.clone() };
         match tokio::time::timeout(Duration::from_secs(5), self.cluster.write(gone)).await {
             Ok(Ok(_)) => {}

@@ -141,7 +141,8 @@ async fn agent_members_self_and_status() {
     assert_eq!(m["Addr"], "127.0.0.1");
     assert_eq!(m["Status"], 1);
     assert_eq!(m["Tags"]["role"], "consul");
-    assert_eq!(m["Port"], agent.raft_port);
+    assert_eq!(m["Port"], agent.serf_port, "a member's port is its gossip port, as Serf's");
+    assert_eq!(m["Tags"]["port"], agent.raft_port.to_string());
 
     let (me, _) = api.get_json("/v1/agent/self").await;
     assert_eq!(me["Config"]["NodeName"], "node-1");

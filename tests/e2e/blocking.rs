@@ -42,7 +42,6 @@ async fn blocking_queries_wake_only_on_relevant_writes() {
         Case { path: "/v1/health/state/critical", unrelated: ("/v1/kv/elsewhere", "4".into()), relevant: ("/v1/agent/check/fail/api-1-ttl?note=x", String::new()) },
         Case { path: "/v1/agent/services", unrelated: ("/v1/catalog/register", ext("far-5", "x")), relevant: ("/v1/agent/service/register", svc("web-3", "web")) },
         Case { path: "/v1/agent/checks", unrelated: ("/v1/kv/elsewhere", "5".into()), relevant: ("/v1/agent/check/warn/web-1-ttl", String::new()) },
-        Case { path: "/v1/agent/members", unrelated: ("/v1/kv/elsewhere", "6".into()), relevant: ("/v1/catalog/register", ext("far-6", "x")) },
         Case { path: "/v1/kv/watched/a", unrelated: ("/v1/kv/watched/b", "1".into()), relevant: ("/v1/kv/watched/a", "2".into()) },
         Case { path: "/v1/kv/watched/?recurse", unrelated: ("/v1/kv/elsewhere", "7".into()), relevant: ("/v1/kv/watched/c", "1".into()) },
         Case { path: "/v1/kv/watched/?keys", unrelated: ("/v1/kv/elsewhere", "8".into()), relevant: ("/v1/kv/watched/d", "1".into()) },

@@ -144,3 +144,91 @@ async fn a_client_leaves_on_interrupt() {
     let (web, _) = api.get_json("/v1/catalog/service/web").await;
     assert_eq!(web, serde_json::json!([]), "its services went with it");
 }
+
+/// Whether `api`'s passing instances of `web` are exactly those on `nodes`.
+async fn passing_web_nodes(api: &Api) -> Vec<String> {
+    let (list, _) = api.get_json("/v1/health/service/web?passing&stale").await;
+    let mut nodes: Vec<String> = list
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["Node"]["Node"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    nodes.sort();
+    nodes
+}
+
+async fn member_status(api: &Api, name: &str) -> Option<i64> {
+    let (members, _) = api.get_json("/v1/agent/members").await;
+    members.as_array()?.iter().find(|m| m["Name"] == name).and_then(|m| m["Status"].as_i64())
+}
+
+/// Gossip on loopback: a killed client is noticed by every other agent within 5 s with
+/// the default timing (its instances leave the passing set, `members` shows it failed), a
+/// restart brings it back, and `wharf leave` removes a client's node within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_client_is_noticed_and_a_leaving_one_is_gone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Agent::new(tmp.path().join("s"), "server-1", vec!["--cluster-key".into(), KEY.into()], None);
+    server.start(&["--server", "--bootstrap-expect", "1"]);
+    server.wait_ready().await;
+    let join = format!("localhost:{}", server.raft_port);
+    let mut clients: Vec<Agent> = (1..=2)
+        .map(|i| {
+            let extra = vec!["--cluster-key".into(), KEY.into(), "--retry-join".into(), join.clone()];
+            Agent::new(tmp.path().join(format!("c{i}")), &format!("client-{i}"), extra, None)
+        })
+        .collect();
+    for c in &mut clients {
+        c.start(&[]);
+    }
+    for c in &clients {
+        c.wait_ready().await;
+        Api::new(c).put_ok("/v1/agent/service/register", r#"{"Name": "web", "Port": 80}"#).await;
+    }
+    let (api, other) = (Api::new(&server), Api::new(&clients[1]));
+    for a in [&api, &other] {
+        wait_for("both clients' web passing and three members alive", Duration::from_secs(15), || async {
+            passing_web_nodes(a).await == ["client-1", "client-2"]
+                && member_status(a, "client-1").await == Some(1)
+                && member_status(a, "client-2").await == Some(1)
+                && member_status(a, "server-1").await == Some(1)
+        })
+        .await;
+    }
+
+    clients[0].kill9();
+    let killed = std::time::Instant::now();
+    for a in [&api, &other] {
+        wait_for("client-1 failed and out of the passing set", Duration::from_secs(5), || async {
+            passing_web_nodes(a).await == ["client-2"] && member_status(a, "client-1").await == Some(4)
+        })
+        .await;
+    }
+    println!("a killed client was critical on every agent {:?} after the kill", killed.elapsed());
+    let (check, _) = api.get_json("/v1/health/node/client-1").await;
+    let serf = check.as_array().and_then(|a| a.iter().find(|c| c["CheckID"] == "serfHealth")).cloned();
+    assert_eq!(serf.as_ref().map(|c| c["Status"].clone()), Some(Value::from("critical")), "{check}");
+    assert_eq!(serf.map(|c| c["Output"].clone()), Some(Value::from("Agent not live or unreachable")));
+
+    clients[0].start(&[]);
+    clients[0].wait_ready().await;
+    for a in [&api, &other] {
+        wait_for("client-1 back", Duration::from_secs(10), || async {
+            passing_web_nodes(a).await == ["client-1", "client-2"] && member_status(a, "client-1").await == Some(1)
+        })
+        .await;
+    }
+
+    let out = clients[1].cli(&["leave"]);
+    assert!(out.status.success(), "{out:?}");
+    let left = std::time::Instant::now();
+    wait_for("client-2's node gone from the catalog", Duration::from_secs(2), || async {
+        api.get_json("/v1/catalog/node/client-2").await.0.is_null()
+    })
+    .await;
+    println!("a leaving client's node was gone {:?} after `wharf leave`", left.elapsed());
+    assert_eq!(passing_web_nodes(&api).await, ["client-1"]);
+    wait_for("client-2 left in members", Duration::from_secs(2), || async {
+        member_status(&api, "client-2").await == Some(3)
+    })
+    .await;
+}

@@ -15,6 +15,12 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A UDP port free now (the gossip port).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    s.local_addr().expect("local addr").port()
+}
+
 /// Polls `cond` until it is true or `timeout` passes.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
@@ -35,6 +41,8 @@ pub struct Agent {
     pub child: Option<Child>,
     pub http_port: u16,
     pub raft_port: u16,
+    /// The gossip port (UDP).
+    pub serf_port: u16,
     pub node: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -65,6 +73,7 @@ impl Agent {
             child: None,
             http_port: free_port(),
             raft_port: free_port(),
+            serf_port: free_udp_port(),
             node: node.to_string(),
             data_dir,
             log,
@@ -84,6 +93,7 @@ impl Agent {
             .args(["--node", &self.node])
             .args(["--http-port", &self.http_port.to_string()])
             .args(["--raft-port", &self.raft_port.to_string()])
+            .args(["--serf-lan-port", &self.serf_port.to_string()])
             // Agents that join bind all interfaces and advertise the host's private address
             // by default; tests keep every node on loopback.
             .args(if self.extra.iter().any(|a| a == "--bind") { &[][..] } else { &["--bind", "127.0.0.1"][..] })

@@ -31,6 +31,10 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     pub dns_port: Option<u16>,
     pub server_port: Option<u16>,
+    /// `ports.serf_lan`: the gossip port.
+    pub serf_lan_port: Option<u16>,
+    /// How long a failed member is kept before it is reaped (`reconnect_timeout`).
+    pub reconnect_timeout: Option<std::time::Duration>,
     pub recursors: Vec<String>,
     pub encrypt: Option<String>,
     pub domain: Option<String>,
@@ -205,7 +209,8 @@ impl FileConfig {
                         "http" => self.http_port = Some(want_port(&name, val)?),
                         "dns" => self.dns_port = Some(want_port(&name, val)?),
                         "server" => self.server_port = Some(want_port(&name, val)?),
-                        "serf_lan" | "serf_wan" | "https" | "grpc" | "grpc_tls" => {
+                        "serf_lan" => self.serf_lan_port = Some(want_port(&name, val)?),
+                        "serf_wan" | "https" | "grpc" | "grpc_tls" => {
                             return Err(format!(
                                 "config key \"{name}\": this listener is not implemented yet; remove the key"
                             ));
@@ -221,6 +226,14 @@ impl FileConfig {
             "domain" => self.domain = Some(want_str(key, v)?),
             "log_level" => self.log_level = Some(want_str(key, v)?),
             "leave_on_terminate" => self.leave_on_terminate = Some(want_bool(key, v)?),
+            "reconnect_timeout" => {
+                let d = catalog::duration::parse_go_duration(&want_str(key, v)?, false)
+                    .map_err(|e| format!("config key \"reconnect_timeout\": {e}"))?;
+                if d < std::time::Duration::from_secs(8 * 3600) {
+                    return Err("config key \"reconnect_timeout\": it must be at least 8h, as in Consul".into());
+                }
+                self.reconnect_timeout = Some(d);
+            }
             "skip_leave_on_interrupt" => self.skip_leave_on_interrupt = Some(want_bool(key, v)?),
             other => return Err(format!("unknown config key {other:?}: check its spelling against Consul's docs")),
         }
@@ -277,7 +290,7 @@ mod tests {
             r#"{"server": true, "bootstrap_expect": 3, "retry_join": ["consul1"], "node_name": "n1",
                 "datacenter": "dc2", "data_dir": "/d", "client_addr": "0.0.0.0", "bind_addr": "10.0.0.2",
                 "ui_config": {"enabled": true}, "enable_script_checks": true,
-                "ports": {"http": 8501, "dns": 8601, "server": 8301}, "recursors": ["1.1.1.1"],
+                "ports": {"http": 8501, "dns": 8601, "server": 8301, "serf_lan": 9301}, "recursors": ["1.1.1.1"],
                 "encrypt": "k", "service": {"name": "web"}}"#,
         )
         .expect("valid");
@@ -286,6 +299,7 @@ mod tests {
         assert_eq!(c.retry_join, ["consul1"]);
         assert_eq!(c.client_addr, Some(IpAddr::from([0, 0, 0, 0])));
         assert_eq!((c.http_port, c.dns_port, c.server_port), (Some(8501), Some(8601), Some(8301)));
+        assert_eq!(c.serf_lan_port, Some(9301));
         assert_eq!(c.ui, Some(true));
         assert_eq!(c.enable_script_checks, Some(true));
         c.merge_json("b.json", r#"{"retry_join": ["consul2"], "datacenter": "dc3"}"#).expect("valid");

@@ -16,11 +16,10 @@ use crate::error::ApiError;
 use crate::query::Params;
 use catalog::command::Command;
 use catalog::decode::{CheckRegistration, ServiceRegistration, decode_body};
-use catalog::model::{CheckStatus, Node};
-use catalog::state::CatalogState;
+use catalog::model::CheckStatus;
 
 use crate::respond::*;
-use crate::{AgentControl, ApiState, views};
+use crate::{AgentControl, ApiState, MemberRecord, views};
 
 pub(crate) async fn agent_service_register(
     State(st): State<ApiState>,
@@ -244,24 +243,21 @@ pub(crate) async fn agent_check_update(State(st): State<ApiState>, Path(id): Pat
     set_ttl_status(&st, id, status, upd.output).await
 }
 
-pub(crate) fn member_view(n: &Node, status: CheckStatus) -> Value {
-    let role = n.meta.get("wharf-role").map(String::as_str).unwrap_or("node");
-    let raft_addr = n.meta.get("wharf-raft-addr").cloned().unwrap_or_default();
-    let port: u16 = raft_addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+pub(crate) fn member_view(m: &MemberRecord) -> Value {
     json!({
-        "Name": n.node,
-        "Addr": n.address,
-        "Port": port,
+        "Name": m.name,
+        "Addr": m.addr,
+        "Port": m.port,
         "Tags": {
-            "role": if role == "server" { "consul" } else { "node" },
-            "dc": n.datacenter,
-            "id": n.id,
-            "build": n.meta.get("wharf-version").cloned().unwrap_or_default(),
-            "port": port.to_string(),
+            "role": if m.server { "consul" } else { "node" },
+            "dc": m.datacenter,
+            "id": m.id,
+            "build": m.build,
+            "port": m.raft_port.to_string(),
             "segment": "",
             "vsn": "2",
         },
-        "Status": if status == CheckStatus::Passing { 1 } else { 4 },
+        "Status": m.status,
         "ProtocolMin": 1,
         "ProtocolMax": 5,
         "ProtocolCur": 2,
@@ -271,19 +267,11 @@ pub(crate) fn member_view(n: &Node, status: CheckStatus) -> Value {
     })
 }
 
-pub(crate) fn node_liveness(s: &CatalogState, node: &str) -> CheckStatus {
-    s.check(node, "serfHealth").map(|c| c.status).unwrap_or(CheckStatus::Passing)
-}
-
-pub(crate) async fn agent_members(State(st): State<ApiState>, RawQuery(raw): RawQuery) -> ApiResult {
-    let (_, q) = read_opts(&st, &raw)?;
-    let (body, index) = blocking_read(&st, &q, |s| {
-        let (nodes, index) = s.nodes();
-        let list: Vec<Value> = nodes.iter().map(|n| member_view(n, node_liveness(s, &n.node))).collect();
-        (Value::Array(list), index.max(s.checks_in_state(None).1))
-    })
-    .await?;
-    Ok(json_response(&st, index, &q, body))
+/// The gossip pool's members (Consul's Serf view: alive, failed and left members, not the
+/// catalog's nodes).
+pub(crate) async fn agent_members(State(st): State<ApiState>) -> ApiResult {
+    let list: Vec<Value> = st.members.members().iter().map(member_view).collect();
+    Ok(([("content-type", "application/json")], Value::Array(list).to_string()).into_response())
 }
 
 pub(crate) async fn agent_self(State(st): State<ApiState>) -> ApiResult {
@@ -309,7 +297,7 @@ pub(crate) async fn agent_self(State(st): State<ApiState>) -> ApiResult {
             "AdvertiseAddrLAN": a.advertise,
         },
         "Coord": null,
-        "Member": member_view(&me, node_liveness(&snap, &a.node_name)),
+        "Member": st.members.members().iter().find(|m| m.name == a.node_name).map(member_view),
         "Meta": me.meta,
         "Stats": {
             "agent": {
@@ -356,12 +344,22 @@ pub(crate) async fn agent_join(State(st): State<ApiState>, Path(address): Path<S
     }
 }
 
-/// Consul's force-leave: the node and everything registered on it leave the catalog.
+/// Consul's force-leave: a failed member moves to left on every member, and its node and
+/// everything registered on it leave the catalog. A node registered only in the catalog
+/// (`/v1/catalog/register`) is deregistered.
 pub(crate) async fn agent_force_leave(State(st): State<ApiState>, Path(node): Path<String>) -> ApiResult {
-    if st.catalog.snapshot().node(&node).is_none() {
-        return Err(ApiError::NotFound(format!("Unknown node {node:?}: no member has that name")));
+    let in_catalog = st.catalog.snapshot().node(&node).is_some();
+    match st.members.force_leave(&node).await {
+        Ok(()) => {}
+        Err(Some(why)) => return Err(ApiError::BadRequest(format!("cannot force-leave {node:?}: {why}"))),
+        Err(None) if !in_catalog => {
+            return Err(ApiError::NotFound(format!("Unknown node {node:?}: no member has that name")));
+        }
+        Err(None) => {}
     }
-    st.cluster.write(Command::DeregisterNode { node }).await?;
+    if in_catalog {
+        st.cluster.write(Command::DeregisterNode { node }).await?;
+    }
     Ok(empty_ok())
 }
 

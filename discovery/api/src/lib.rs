@@ -62,6 +62,32 @@ pub struct ApiState {
     /// When this agent applied recent Raft indexes (for KV lock delays); fed by
     /// [`session::AppliedClock::run`].
     pub applied: session::AppliedClock,
+    /// The gossip pool's view (`/v1/agent/members`, `force-leave`).
+    pub members: Arc<dyn Membership>,
+}
+
+/// A member of the gossip pool as `/v1/agent/members` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct MemberRecord {
+    pub name: String,
+    /// Its advertised IP and gossip port.
+    pub addr: String,
+    pub port: u16,
+    /// Serf's status code: 1 alive, 3 left, 4 failed.
+    pub status: u8,
+    pub server: bool,
+    pub datacenter: String,
+    pub id: String,
+    pub build: String,
+    /// Its Raft port.
+    pub raft_port: u16,
+}
+
+/// What the API needs from the gossip layer.
+pub trait Membership: Send + Sync + 'static {
+    fn members(&self) -> Vec<MemberRecord>;
+    /// Moves a failed member to left. `Err(None)`: no such member; `Err(Some(why))`: refused.
+    fn force_leave(&self, node: &str) -> catalog::BoxFuture<'_, Result<(), Option<String>>>;
 }
 
 /// What the API needs from the local agent's health checker: whether it will run a check

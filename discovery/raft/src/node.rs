@@ -36,6 +36,8 @@ pub struct RaftSettings {
     pub voter: bool,
     /// Log entries between snapshots.
     pub snapshot_threshold: u64,
+    /// This node's gossip address, told to peers that ask (`/raft/info`).
+    pub gossip_addr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +231,24 @@ impl RaftNode {
             leader_addr: self.leader_addr(),
             voter: self.settings.voter,
             bootstrap_expect: self.settings.bootstrap_expect,
+            gossip_addr: self.settings.gossip_addr.clone(),
         }
+    }
+
+    /// Asks the node at `raft_addr` (`host:port`) who it is.
+    pub async fn ask_info(&self, raft_addr: &str) -> Result<PeerInfo, String> {
+        self.client.get::<PeerInfo>(raft_addr, "/raft/info", Duration::from_secs(2)).await.map_err(|e| e.to_string())
+    }
+
+    /// Where this node looks for its cluster: the join addresses and every Raft member.
+    pub fn contact_addrs(&self) -> Vec<String> {
+        let mut out = self.settings.retry_join.clone();
+        out.extend(self.extra_joins.lock().map(|j| j.clone()).unwrap_or_default());
+        out.extend(self.member_addrs());
+        out.retain(|a| *a != self.settings.raft_addr);
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Raft addresses of every member, voters and learners.
@@ -527,6 +546,7 @@ mod bootstrap_tests {
             leader_addr: None,
             voter,
             bootstrap_expect: expect,
+            gossip_addr: None,
         }
     }
 

@@ -44,4 +44,8 @@ pub struct PeerInfo {
     /// The servers it waits for before bootstrapping; 0 = it only joins.
     #[serde(default)]
     pub bootstrap_expect: usize,
+    /// Where its gossip (membership) is received, so a join address naming a Raft port
+    /// also finds the gossip pool.
+    #[serde(default)]
+    pub gossip_addr: Option<String>,
 }
