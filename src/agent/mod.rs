@@ -149,14 +149,14 @@ fn readers(
     }
     let certs = match &p.config.proxy {
         Some(settings) => {
-            let StartedProxy { service, certs, metrics: m } = proxy_service(settings, &catalog, stop_rx)?;
+            let StartedProxy { service, certs, metrics: m } = proxy_service(settings, catalog, stop_rx)?;
             metrics.push(Arc::new(move |out: &mut String| m.render(out)));
             core.push(service);
             certs
         }
         None => None,
     };
-    let templates = crate::template_cmd::in_agent(&p.config.templates, &catalog, &info.node_name, &info.datacenter)?;
+    let templates = crate::template_cmd::in_agent(&p.config.templates, catalog, &info.node_name, &info.datacenter)?;
     core.extend(templates.map(|t| task("templates", move |stop| t.run(stop))));
     Ok(certs)
 }
