@@ -26,7 +26,7 @@ for v in old new; do
 done
 
 http=$(free_port); proxy=$(free_port)
-"$WHARF" agent --dev --data-dir "$work/data" --http-port "$http" --raft-port "$(free_port)" \
+WHARF_SERF_LAN_PORT="$(free_port)" "$WHARF" agent --dev --data-dir "$work/data" --http-port "$http" --raft-port "$(free_port)" \
   --dns-port "$(free_port)" --proxy-addr "127.0.0.1:$proxy" --docker off 2>"$work/wharf.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "127.0.0.1:$http/v1/status/leader" | grep -q : && break; sleep 0.1; done

@@ -60,7 +60,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 HTTP_PORT=$(free_port); RAFT_PORT=$(free_port); WHARF_DNS=$(free_port); NSD_PORT=$(free_port)
 
 say "starting wharf on CPU 0 (DNS 127.0.0.1:$WHARF_DNS)"
-taskset -c 0 "$WHARF" agent --dev --no-proxy --node bench --data-dir "$WORK/wharf" \
+taskset -c 0 WHARF_SERF_LAN_PORT="$(free_port)" "$WHARF" agent --dev --no-proxy --node bench --data-dir "$WORK/wharf" \
   --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT" --dns-port "$WHARF_DNS" --log-level warn \
   2>"$WORK/wharf.log" &
 PIDS+=($!)

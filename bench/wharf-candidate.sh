@@ -21,6 +21,7 @@ for b in "${list[@]}"; do
   entries+=("{\"name\":\"bench\",\"id\":\"bench-$i\",\"address\":\"${b%:*}\",\"port\":${b##*:}}")
 done
 (IFS=,; printf '{"services":[%s]}\n' "${entries[*]}") >"$WORK/conf/bench.json"
+export WHARF_SERF_LAN_PORT="${WHARF_SERF_LAN_PORT:-18301}"
 exec "$BIN" agent --dev --node bench --data-dir "$WORK/data" --config-dir "$WORK/conf" \
   --http-port "${WHARF_HTTP_PORT:-18500}" --raft-port "${WHARF_RAFT_PORT:-18300}" \
   --proxy-addr "$LISTEN" --proxy-threads "$WORKERS" --default-service bench --log-level warn

@@ -151,7 +151,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn print_table(rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(rows: Vec<Vec<String>>) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();

@@ -8,7 +8,9 @@ mod agent;
 mod cli;
 mod kv_lock;
 mod lock_cmd;
+mod operator_cmd;
 mod rejoin;
+mod snapshot_cmd;
 mod template_cmd;
 mod template_dedup;
 mod template_exec;
@@ -108,6 +110,16 @@ enum Cmd {
     Template(Box<template_cmd::TemplateArgs>),
     /// Print a configuration generated from the catalog: nginx or haproxy.
     Export(template_cmd::ExportArgs),
+    /// Save, restore or inspect a point-in-time copy of the whole state.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot_cmd::SnapshotCmd,
+    },
+    /// Cluster operations (`operator raft list-peers | remove-peer`).
+    Operator {
+        #[command(subcommand)]
+        cmd: operator_cmd::OperatorCmd,
+    },
 }
 
 /// Accepts consul's single-dash long flags (`-recurse`, `-http-addr=x`) by rewriting
@@ -163,6 +175,8 @@ fn run_client(c: Cli) -> Result<()> {
             Cmd::Members { detailed } => cli::members(&client, detailed).await,
             Cmd::Join { addresses } => cli::join(&client, &addresses).await,
             Cmd::ForceLeave { node } => cli::force_leave(&client, &node).await,
+            Cmd::Operator { cmd } => operator_cmd::run(&client, cmd).await,
+            Cmd::Snapshot { cmd } => snapshot_cmd::run(&client, cmd).await,
             Cmd::Lock(args) => {
                 let code = lock_cmd::run(&client, *args).await?;
                 if code != 0 {

@@ -22,6 +22,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free UDP port").port()
+}
+
 /// The shell commands of the README's first screen: every ```sh block between the
 /// "Set up on a fresh machine" heading and the first `---`.
 fn first_screen_commands(readme: &str) -> Vec<String> {
@@ -95,6 +99,7 @@ fn readme_commands_work_on_a_fresh_clone_in_the_readme_order() {
         .env("WHARF_HTTP_PORT", http.to_string())
         .env("WHARF_DNS_PORT", free_port().to_string())
         .env("WHARF_SERVER_PORT", free_port().to_string())
+        .env("WHARF_SERF_LAN_PORT", free_udp_port().to_string())
         .env("WHARF_PROXY_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("WHARF_DOCKER", "off")
         .stdin(Stdio::null())

@@ -10,6 +10,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
 /// Kills and reaps the child when dropped.
 pub struct Proc(pub Child);
 
@@ -39,6 +43,7 @@ impl BenchAgent {
             .arg(dir.path().join("data"))
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("WHARF_SERF_LAN_PORT", free_udp_port().to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if !extra.contains(&"--proxy-addr") {

@@ -112,6 +112,8 @@ pub(super) struct AgentConfig {
     pub gossip_addr: SocketAddr,
     /// How long a failed member stays in the catalog (critical) before it is reaped.
     pub reconnect_timeout: Duration,
+    /// Autopilot's `cleanup_dead_servers` (default on).
+    pub cleanup_dead_servers: bool,
     pub http_addr: SocketAddr,
     /// The key this agent's Raft port requires now.
     pub cluster_key: KeyChoice,
@@ -178,6 +180,7 @@ impl AgentConfig {
             gossip_bind: SocketAddr::new(bind, gossip_port),
             gossip_addr: SocketAddr::new(advertise, gossip_port),
             reconnect_timeout: file.reconnect_timeout.unwrap_or(Duration::from_secs(72 * 3600)),
+            cleanup_dead_servers: file.cleanup_dead_servers.unwrap_or(true),
             http_addr: SocketAddr::new(client, args.http_port.or(file.http_port).unwrap_or(8500)),
             cluster_key: key,
             join_key,
@@ -319,12 +322,35 @@ pub(super) fn data_dir(args: &AgentArgs, file: &FileConfig, host: &Host) -> Path
 fn persistent_value(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        _ => {
-            let v = make();
-            std::fs::write(path, &v).with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(v)
-        }
+        Ok(_) => write_new(path, make()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new(path, make()),
+        Err(e) => Err(anyhow!(
+            "cannot read {}: {e}; fix its permissions (it keeps this agent's identity), or remove it to start afresh",
+            path.display()
+        )),
     }
+}
+
+fn write_new(path: &Path, value: String) -> Result<String> {
+    write_secret(path, value.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(value)
+}
+
+/// Writes a file readable by its owner only (0600), atomically: a temp file beside it,
+/// fsync, rename over, fsync of the directory. A crash leaves the old file or the new one.
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn with_default_port(addr: &str, port: u16) -> String {
@@ -621,5 +647,22 @@ mod tests {
         assert!(config("--no-dns").expect("valid").dns.is_none());
         let c = config("-client=0.0.0.0 --dns-port=8600").expect("valid");
         assert!(c.dns.is_some());
+    }
+
+    #[test]
+    fn kept_values_are_written_0600_atomically_and_an_unreadable_one_is_not_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cluster-key");
+        assert_eq!(persistent_value(&path, || "k1".into()).expect("made"), "k1");
+        assert_eq!(persistent_value(&path, || "k2".into()).expect("kept"), "k1");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!path.with_extension("tmp").exists(), "no temp file left behind");
+        // A directory where the file should be cannot be read: an error, not a new identity.
+        let odd = dir.path().join("node-id");
+        std::fs::create_dir(&odd).expect("mkdir");
+        let e = persistent_value(&odd, || "new".into()).expect_err("unreadable");
+        assert!(e.to_string().contains("cannot read"), "{e}");
     }
 }

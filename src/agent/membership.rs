@@ -20,11 +20,22 @@ pub(super) fn services(
     catalog: &Catalog,
     cluster: &Arc<dyn Cluster>,
     reconnect_timeout: Duration,
+    cleanup_dead_servers: bool,
 ) -> Vec<Box<dyn Service>> {
-    let raft_addr = node.raft_addr().to_string();
+    let r = Reconciler {
+        gossip: gossip.clone(),
+        catalog: catalog.clone(),
+        cluster: cluster.clone(),
+        raft_addr: node.raft_addr().to_string(),
+        reconnect_timeout,
+        cleanup_dead_servers,
+    };
     vec![
         finder(gossip.clone(), node.clone()),
-        reconciler(gossip.clone(), catalog.clone(), cluster.clone(), raft_addr, reconnect_timeout),
+        task("membership", move |stop: Stop| async move {
+            r.run(stop).await;
+            Ok(())
+        }),
     ]
 }
 
@@ -62,21 +73,6 @@ fn finder(gossip: Gossip, node: Arc<RaftNode>) -> Box<dyn Service> {
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
         }
-    })
-}
-
-/// The leader's reconciliation of the gossip view into the catalog.
-fn reconciler(
-    gossip: Gossip,
-    catalog: Catalog,
-    cluster: Arc<dyn Cluster>,
-    raft_addr: String,
-    reconnect_timeout: Duration,
-) -> Box<dyn Service> {
-    let r = Reconciler { gossip, catalog, cluster, raft_addr, reconnect_timeout };
-    task("membership", move |stop: Stop| async move {
-        r.run(stop).await;
-        Ok(())
     })
 }
 

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use args::AgentArgs;
+pub(crate) use config::write_secret;
 use config::{AgentConfig, Host, Prepared};
 use services::{Service, Stop, task};
 use supervise::{Exit, Supervisor};
@@ -78,7 +79,14 @@ async fn serve(p: Prepared) -> Result<Exit> {
     tracing::info!(gossip = %gossip.local_addr(), "gossip listening (UDP)");
 
     let mut metrics: Vec<MetricsRenderer> = Vec::new();
-    let mut core = membership::services(&gossip, &node, &catalog, &cluster, p.config.reconnect_timeout);
+    let mut core = membership::services(
+        &gossip,
+        &node,
+        &catalog,
+        &cluster,
+        p.config.reconnect_timeout,
+        p.config.cleanup_dead_servers,
+    );
     let certs = readers(&p, dns, &catalog, &info, &stop_rx, &mut metrics, &mut core)?;
     let sources = local::RegistrationSources::new(&p, &info, &cluster, &catalog);
     metrics.push(sources.metrics_renderer());

@@ -15,5 +15,6 @@ mod health;
 mod proxy;
 mod python_client;
 mod seeds;
+mod snapshot;
 mod templates;
 mod wasm;

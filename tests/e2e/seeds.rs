@@ -373,7 +373,7 @@ async fn seed_000_bootstrap_server_status_and_template() {
     assert!(
         members
             .lines()
-            .any(|l| l.starts_with("consul-server01") && l.contains("127.0.0.131:8300") && l.contains("alive")),
+            .any(|l| l.starts_with("consul-server01") && l.contains("127.0.0.131:8301") && l.contains("alive")),
         "{members}"
     );
     let leader = sh.run("wharf info | grep leader", &[]);

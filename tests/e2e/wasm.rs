@@ -113,6 +113,7 @@ async fn wasm_check_registration_is_validated() {
         .args(["agent", "--dev", "--no-proxy", "--docker", "off", "--no-dns"])
         .args(["--http-port", &crate::harness::free_port().to_string()])
         .args(["--raft-port", &crate::harness::free_port().to_string()])
+        .args(["--serf-lan-port", &crate::harness::free_udp_port().to_string()])
         .arg("--data-dir")
         .arg(data.path())
         .arg("--config-dir")

@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub serf_lan_port: Option<u16>,
     /// How long a failed member is kept before it is reaped (`reconnect_timeout`).
     pub reconnect_timeout: Option<std::time::Duration>,
+    /// `autopilot { cleanup_dead_servers }`.
+    pub cleanup_dead_servers: Option<bool>,
     pub recursors: Vec<String>,
     pub encrypt: Option<String>,
     pub domain: Option<String>,
@@ -202,23 +204,7 @@ impl FileConfig {
             "enable_script_checks" | "enable_local_script_checks" => {
                 self.enable_script_checks = Some(want_bool(key, v)?)
             }
-            "ports" => {
-                for (k, val) in want_object(key, v)? {
-                    let name = format!("ports.{k}");
-                    match k.as_str() {
-                        "http" => self.http_port = Some(want_port(&name, val)?),
-                        "dns" => self.dns_port = Some(want_port(&name, val)?),
-                        "server" => self.server_port = Some(want_port(&name, val)?),
-                        "serf_lan" => self.serf_lan_port = Some(want_port(&name, val)?),
-                        "serf_wan" | "https" | "grpc" | "grpc_tls" => {
-                            return Err(format!(
-                                "config key \"{name}\": this listener is not implemented yet; remove the key"
-                            ));
-                        }
-                        other => return Err(format!("unknown config key \"ports.{other}\"")),
-                    }
-                }
-            }
+            "ports" => self.merge_ports(want_object(key, v)?)?,
             "recursors" => self.recursors.extend(want_strings(key, v)?),
             // Consul 0.x's single recursor (The Docker Book's consul.json, seed 004).
             "recursor" => self.recursors.push(want_str(key, v)?),
@@ -226,19 +212,52 @@ impl FileConfig {
             "domain" => self.domain = Some(want_str(key, v)?),
             "log_level" => self.log_level = Some(want_str(key, v)?),
             "leave_on_terminate" => self.leave_on_terminate = Some(want_bool(key, v)?),
-            "reconnect_timeout" => {
-                let d = catalog::duration::parse_go_duration(&want_str(key, v)?, false)
-                    .map_err(|e| format!("config key \"reconnect_timeout\": {e}"))?;
-                if d < std::time::Duration::from_secs(8 * 3600) {
-                    return Err("config key \"reconnect_timeout\": it must be at least 8h, as in Consul".into());
-                }
-                self.reconnect_timeout = Some(d);
-            }
+            "autopilot" => self.merge_autopilot(want_object(key, v)?)?,
+            "reconnect_timeout" => self.reconnect_timeout = Some(reconnect_timeout(&want_str(key, v)?)?),
             "skip_leave_on_interrupt" => self.skip_leave_on_interrupt = Some(want_bool(key, v)?),
             other => return Err(format!("unknown config key {other:?}: check its spelling against Consul's docs")),
         }
         Ok(())
     }
+
+    fn merge_ports(&mut self, ports: &Map<String, Value>) -> Result<(), String> {
+        for (k, val) in ports {
+            let name = format!("ports.{k}");
+            match k.as_str() {
+                "http" => self.http_port = Some(want_port(&name, val)?),
+                "dns" => self.dns_port = Some(want_port(&name, val)?),
+                "server" => self.server_port = Some(want_port(&name, val)?),
+                "serf_lan" => self.serf_lan_port = Some(want_port(&name, val)?),
+                "serf_wan" | "https" | "grpc" | "grpc_tls" => {
+                    return Err(format!("config key \"{name}\": this listener is not implemented yet; remove the key"));
+                }
+                other => return Err(format!("unknown config key \"ports.{other}\"")),
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_autopilot(&mut self, autopilot: &Map<String, Value>) -> Result<(), String> {
+        for (k, val) in autopilot {
+            match k.as_str() {
+                "cleanup_dead_servers" => {
+                    self.cleanup_dead_servers = Some(want_bool("autopilot.cleanup_dead_servers", val)?)
+                }
+                other => return Err(format!("config key \"autopilot.{other}\" is not supported")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `reconnect_timeout`: a Go duration of at least 8 hours, as Consul requires.
+fn reconnect_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = catalog::duration::parse_go_duration(text, false)
+        .map_err(|e| format!("config key \"reconnect_timeout\": {e}"))?;
+    if d < std::time::Duration::from_secs(8 * 3600) {
+        return Err("config key \"reconnect_timeout\": it must be at least 8h, as in Consul".into());
+    }
+    Ok(d)
 }
 
 /// The files a set of `-config-file` and `-config-dir` arguments name, in Consul's order:
@@ -281,6 +300,25 @@ pub fn load(files: &[PathBuf], local_config: Option<&str>) -> Result<FileConfig,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gossip_keys_autopilot_and_reconnect_timeout() {
+        let mut c = FileConfig::default();
+        c.merge_json("a.json", r#"{"reconnect_timeout": "24h", "autopilot": {"cleanup_dead_servers": false}}"#)
+            .expect("valid");
+        assert_eq!(c.reconnect_timeout, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(c.cleanup_dead_servers, Some(false));
+        let e = c.merge_json("b.json", r#"{"reconnect_timeout": "1h"}"#).expect_err("too short").to_string();
+        assert!(e.contains("at least 8h"), "{e}");
+        assert_eq!(
+            c.reconnect_timeout,
+            Some(std::time::Duration::from_secs(86_400)),
+            "a rejected file changes nothing"
+        );
+        let e =
+            c.merge_json("c.json", r#"{"autopilot": {"max_trailing_logs": 5}}"#).expect_err("unsupported").to_string();
+        assert!(e.contains("autopilot.max_trailing_logs"), "{e}");
+    }
 
     #[test]
     fn consul_keys_are_read() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use catalog::command::Command;
 use catalog::model::{CheckStatus, HealthCheck};
 use catalog::state::CatalogState;
-use catalog::{Catalog, Cluster};
+use catalog::{Catalog, Cluster, RaftPeer};
 use gossip::{Gossip, Members, Status};
 use tokio::sync::watch;
 
@@ -93,6 +93,51 @@ pub fn reconcile(
     out
 }
 
+/// Raft members to remove: every member that left (a server's graceful leave, a client's),
+/// a failed one reaped after `reconnect_timeout`, and, with autopilot's dead-server
+/// cleanup, a server failed for longer than [`DEAD_SERVER_AFTER`] once enough servers are
+/// alive that removing it cannot cost the quorum (a replacement has joined). Pure.
+pub fn raft_removals(
+    members: &Members,
+    peers: &[RaftPeer],
+    now: Instant,
+    reconnect_timeout: Duration,
+    cleanup_dead_servers: bool,
+) -> Vec<u64> {
+    let status_of = |p: &RaftPeer| {
+        members
+            .iter()
+            .find(|m| m.id.tags.raft_addr == p.address)
+            .map(|m| (m.status, now.saturating_duration_since(m.since)))
+    };
+    let voters = peers.iter().filter(|p| p.voter).count();
+    let alive_voters = peers.iter().filter(|p| p.voter && matches!(status_of(p), Some((Status::Alive, _)))).count();
+    let mut out = Vec::new();
+    for p in peers.iter().filter(|p| !p.leader) {
+        let remove = match status_of(p) {
+            Some((Status::Left, _)) => true,
+            Some((Status::Failed, for_)) if for_ >= reconnect_timeout => true,
+            Some((Status::Failed, for_)) => {
+                cleanup_dead_servers
+                    && p.voter
+                    && for_ >= DEAD_SERVER_AFTER
+                    && alive_voters >= MIN_QUORUM
+                    && alive_voters > voters / 2
+            }
+            _ => false,
+        };
+        if remove {
+            out.push(p.id);
+        }
+    }
+    out
+}
+
+/// How long a server must have failed before autopilot may remove it.
+pub const DEAD_SERVER_AFTER: Duration = Duration::from_secs(30);
+/// Autopilot never shrinks the voters below this many alive servers.
+const MIN_QUORUM: usize = 3;
+
 /// Nodes in the catalog that carry a liveness check: the ones gossip must know.
 fn gossiping_nodes(state: &CatalogState) -> Vec<String> {
     let (checks, _) = state.checks_in_state(None);
@@ -107,6 +152,8 @@ pub struct Reconciler {
     /// This agent's Raft address, to know when it leads.
     pub raft_addr: String,
     pub reconnect_timeout: Duration,
+    /// Autopilot's `cleanup_dead_servers`.
+    pub cleanup_dead_servers: bool,
 }
 
 impl Reconciler {
@@ -142,6 +189,15 @@ impl Reconciler {
                 tracing::info!("membership: {}", describe(&cmd));
                 if let Err(e) = self.cluster.write(cmd).await {
                     tracing::warn!("membership reconciliation: {e}; retrying");
+                    break;
+                }
+            }
+            let peers = self.cluster.raft_peers();
+            for id in raft_removals(&members, &peers, now, self.reconnect_timeout, self.cleanup_dead_servers) {
+                let addr = peers.iter().find(|p| p.id == id).map(|p| p.address.clone()).unwrap_or_default();
+                tracing::info!(%addr, "membership: removing a departed member from the Raft configuration");
+                if let Err(e) = self.cluster.remove_peer(id).await {
+                    tracing::warn!(%addr, "membership: Raft removal failed: {e}; retrying");
                     break;
                 }
             }
@@ -268,5 +324,46 @@ mod tests {
             kinds(&reconcile(&m, &s2, t0, Duration::from_secs(60), &BTreeSet::new())),
             ["node ok: serfHealth added"]
         );
+    }
+
+    fn member(name: &str, port: u16) -> MemberId {
+        MemberId {
+            tags: Tags { raft_addr: format!("10.0.0.1:{port}"), server: true, ..Tags::default() },
+            ..id(name, port)
+        }
+    }
+
+    fn peer(id: u64, port: u16, voter: bool, leader: bool) -> RaftPeer {
+        RaftPeer { id, address: format!("10.0.0.1:{port}"), voter, leader }
+    }
+
+    #[test]
+    fn departed_members_leave_raft_and_dead_servers_only_once_replaced() {
+        let t0 = Instant::now();
+        let mut m = Members::new(member("s1", 1), t0);
+        for (n, p) in [("s2", 2), ("s3", 3), ("c1", 4), ("c2", 5)] {
+            assert_eq!(m.up(&member(n, p), t0), Ok(true));
+        }
+        assert!(m.left(&member("c1", 4), t0));
+        assert!(m.down(&member("s3", 3), t0));
+        let peers = [
+            peer(1, 1, true, true),
+            peer(2, 2, true, false),
+            peer(3, 3, true, false),
+            peer(4, 4, false, false),
+            peer(5, 5, false, false),
+        ];
+        let later = t0 + Duration::from_secs(60);
+        let day = Duration::from_secs(86_400);
+        // Three servers, one dead: removing it would leave two, so it stays (no replacement).
+        assert_eq!(raft_removals(&m, &peers, later, day, true), [4]);
+        // A fourth server joined: the dead one goes, once it has been dead long enough.
+        assert_eq!(m.up(&member("s4", 6), t0), Ok(true));
+        let four = [&peers[..], &[peer(6, 6, true, false)]].concat();
+        assert_eq!(raft_removals(&m, &four, later, day, true), [3, 4]);
+        assert_eq!(raft_removals(&m, &four, t0 + Duration::from_secs(5), day, true), [4]);
+        assert_eq!(raft_removals(&m, &four, later, day, false), [4], "cleanup_dead_servers off");
+        // After reconnect_timeout any failed member goes.
+        assert_eq!(raft_removals(&m, &peers, t0 + day, day, false), [3, 4]);
     }
 }

@@ -14,9 +14,11 @@ mod catalog_api;
 pub mod error;
 mod health;
 mod kv;
+mod operator;
 pub mod query;
 mod respond;
 pub mod session;
+pub mod snapshot;
 mod status;
 pub mod txn;
 pub mod views;
@@ -112,6 +114,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(health::routes())
         .merge(kv::routes())
         .merge(status::routes())
+        .merge(operator::routes())
+        .merge(snapshot::routes())
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))

@@ -78,6 +78,32 @@ pub enum Command {
     },
     /// Consul's `/v1/txn`: KV operations applied all or nothing.
     Txn(Vec<TxnOp>),
+    /// `/v1/snapshot` restore: the whole state replaced by a saved one.
+    Restore {
+        image: Box<crate::state::StateImage>,
+    },
+}
+
+impl Command {
+    /// A cheap estimate of the command's size in a log entry (values are base64 on the
+    /// wire, hence 4/3), so group commits can be bounded by bytes.
+    pub fn approx_bytes(&self) -> usize {
+        const BASE: usize = 256;
+        let value = |key: &str, v: &[u8]| BASE + key.len() + v.len() * 4 / 3;
+        match self {
+            Command::KvSet { key, value: v, .. } | Command::KvLock { key, value: v, .. } => value(key, v),
+            Command::Txn(ops) => BASE + ops.iter().map(|op| value(&op.key, &op.value)).sum::<usize>(),
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_bytes).sum(),
+            Command::Restore { image } => {
+                BASE * (image.nodes.len() + image.services.len() + image.checks.len() + image.sessions.len())
+                    + image.kv.iter().map(|e| value(&e.key, &e.value)).sum::<usize>()
+            }
+            Command::Register { service, checks, .. } => {
+                BASE * (2 + checks.len()) + service.as_ref().map(|s| s.meta.len() * 64 + s.tags.len() * 32).unwrap_or(0)
+            }
+            _ => BASE,
+        }
+    }
 }
 
 /// One KV operation of a transaction, with Consul's verbs.

@@ -93,4 +93,17 @@ pub trait Cluster: Send + Sync + 'static {
     fn leader_status(&self) -> LeaderStatus;
     /// Raft addresses of the voting members (`/v1/status/peers`).
     fn peers(&self) -> Vec<String>;
+    /// The Raft configuration (`/v1/operator/raft/configuration`).
+    fn raft_peers(&self) -> Vec<RaftPeer>;
+    /// Removes a server from the Raft configuration (`/v1/operator/raft/peer`).
+    fn remove_peer(&self, id: u64) -> BoxFuture<'_, Result<(), ClusterError>>;
+}
+
+/// A member of the Raft configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftPeer {
+    pub id: u64,
+    pub address: String,
+    pub voter: bool,
+    pub leader: bool,
 }

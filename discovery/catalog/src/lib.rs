@@ -12,4 +12,4 @@ mod handle;
 pub mod model;
 pub mod state;
 
-pub use handle::{BoxFuture, Catalog, Cluster, ClusterError, LeaderStatus, Written};
+pub use handle::{BoxFuture, Catalog, Cluster, ClusterError, LeaderStatus, RaftPeer, Written};

@@ -65,8 +65,8 @@ pub struct CatalogState {
     lock_delays: OrdMap<String, LockDelay>,
 }
 
-/// The serialised form of a state, used for Raft snapshots.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The serialised form of a state, used for Raft snapshots and `/v1/snapshot`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateImage {
     pub last_index: u64,
     pub nodes: Vec<Node>,
@@ -156,6 +156,10 @@ impl CatalogState {
             Command::KvSet { key, value, flags, cas } => self.kv_set(idx, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(idx, key, *recurse, *cas),
             Command::Batch(_) => Outcome::Rejected("nested batches are not allowed".into()),
+            Command::Restore { image } => {
+                self.restore(idx, image);
+                Outcome::Applied
+            }
             Command::SessionCreate { session } => self.session_create(idx, session),
             Command::SessionDestroy { id } => {
                 self.session_invalidate(idx, id);
@@ -432,6 +436,27 @@ impl CatalogState {
             indexes: self.indexes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             sessions: self.sessions.values().cloned().collect(),
         }
+    }
+
+    /// Replaces the whole state with a snapshot's (`/v1/snapshot` restore) at Raft index
+    /// `idx`. Everything counts as changed at `idx`: every index a blocking query may wait
+    /// on (the old state's and the image's), every KV entry's ModifyIndex, and a tombstone
+    /// for every key the image does not have, so every watcher wakes and re-reads.
+    fn restore(&mut self, idx: u64, image: &StateImage) {
+        let mut next = CatalogState::from_image(image.clone());
+        let keys: Vec<String> = self.indexes.keys().chain(next.indexes.keys()).cloned().collect();
+        for k in keys {
+            next.indexes.insert(k, idx);
+        }
+        for t in [T_NODES, T_SERVICES, T_CHECKS, T_KVS, T_SESSIONS] {
+            next.indexes.insert(t.to_string(), idx);
+        }
+        next.kv = next.kv.into_iter().map(|(k, e)| (k, KvEntry { modify_index: idx, ..e })).collect();
+        for gone in self.kv.keys().filter(|k| !next.kv.contains_key(*k)) {
+            next.tombstones.insert(gone.clone(), idx);
+        }
+        next.last_index = idx;
+        *self = next;
     }
 
     pub fn from_image(image: StateImage) -> Self {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::AnyError;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -125,11 +127,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl PeerConnection {
+    /// One RPC. `entries`: how many log entries it carries, so that a body over the peer's
+    /// limit (413) makes openraft retry with half as many (down to one).
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
         req: &Req,
         option: &RPCOption,
+        entries: Option<u64>,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -142,6 +147,11 @@ impl PeerConnection {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e @ PeerError::Unreachable { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(PeerError::Status { status: 413, .. }) if entries.is_some_and(|n| n > 1) => {
+                let n = entries.unwrap_or(2);
+                tracing::info!(peer = %self.addr, entries = n, "append over the peer's size limit; splitting it");
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n / 2)))
+            }
             Err(e) => Err(RPCError::Network(NetworkError::from(AnyError::error(e.to_string())))),
         }
     }
@@ -153,7 +163,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call("/raft/append", &rpc, &option).await
+        let entries = rpc.entries.len() as u64;
+        self.call("/raft/append", &rpc, &option, Some(entries)).await
     }
 
     async fn install_snapshot(
@@ -161,7 +172,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
-        self.call("/raft/snapshot", &rpc, &option).await
+        self.call("/raft/snapshot", &rpc, &option, None).await
     }
 
     async fn vote(
@@ -169,6 +180,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call("/raft/vote", &rpc, &option).await
+        self.call("/raft/vote", &rpc, &option, None).await
     }
 }

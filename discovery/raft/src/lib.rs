@@ -3,10 +3,11 @@
 //! the node that ties log store, state machine and network together and implements the
 //! catalog's [`catalog::Cluster`] write seam.
 //!
-//! Imports run one way: `types` ← `store`, `wire` ← `client` ← `node` ← `server`.
+//! Imports run one way: `types` ← `store`, `wire` ← `client` ← `node` ← `operator`, `server`.
 
 pub mod client;
 pub mod node;
+pub mod operator;
 pub mod server;
 pub mod store;
 pub mod types;

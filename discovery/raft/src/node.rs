@@ -61,12 +61,18 @@ type ProposeResult = Result<Result<Written, Option<String>>, ClusterError>;
 
 /// Most commands committed in one log entry.
 const MAX_BATCH: usize = 512;
+/// Most bytes (estimated) committed in one log entry: one entry must fit in one append
+/// request under the Raft port's body limit, with room to spare.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// How long a write may wait to be committed. A leader cut off from the majority never
+/// commits; its clients get a clear error instead of waiting for ever.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct RaftNode {
-    raft: Raft,
+    pub(crate) raft: Raft,
     proposals: mpsc::UnboundedSender<Proposal>,
-    settings: RaftSettings,
-    client: PeerClient,
+    pub(crate) settings: RaftSettings,
+    pub(crate) client: PeerClient,
     catalog: Catalog,
     last_leader_contact: Mutex<Option<Instant>>,
     /// Peers that introduced themselves while this node was not yet in a cluster, and when.
@@ -80,6 +86,9 @@ const HEARD_FRESH: Duration = Duration::from_secs(10);
 
 /// How long a forwarded write may take before the client is told.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A follower that has not heard from its leader for this long (several election
+/// timeouts) is cut off: it answers "no leader" at once instead of forwarding into the void.
+const LEADER_SILENCE: Duration = Duration::from_secs(3);
 
 fn forward_target(e: &ForwardToLeader<NodeId, Node>) -> Option<String> {
     e.leader_node.as_ref().map(|n| n.addr.clone())
@@ -138,6 +147,18 @@ impl RaftNode {
         &self.settings.raft_addr
     }
 
+    /// Refuses to forward to a leader this node has not heard from lately.
+    fn check_leader_contact(&self, leader: &str) -> Result<(), ClusterError> {
+        let silent = self.last_leader_contact.lock().ok().and_then(|t| t.map(|t| t.elapsed()));
+        match silent {
+            Some(d) if d > LEADER_SILENCE => Err(ClusterError::NoLeader(format!(
+                "no contact with the leader {leader} for {:.1}s: this server is cut off from it",
+                d.as_secs_f64()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Called by the Raft server on every append/snapshot from the leader.
     pub fn note_leader_contact(&self) {
         if let Ok(mut t) = self.last_leader_contact.lock() {
@@ -145,13 +166,13 @@ impl RaftNode {
         }
     }
 
-    fn leader_addr(&self) -> Option<String> {
+    pub(crate) fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
         m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.current_leader == Some(self.settings.node_id) && m.state == ServerState::Leader
@@ -162,7 +183,14 @@ impl RaftNode {
     async fn propose(&self, cmd: Command) -> ProposeResult {
         let (tx, rx) = oneshot::channel();
         self.proposals.send((cmd, tx)).map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?;
-        rx.await.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(answer) => answer.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?,
+            Err(_) => Err(ClusterError::NoLeader(format!(
+                "the write was not committed within {}s: this server cannot reach a majority of the servers \
+                 (it may still be applied if the cluster recovers)",
+                COMMIT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// A write from another server's forwarding: only the leader answers it.
@@ -364,13 +392,8 @@ impl RaftNode {
         if voters.len() <= 1 || !voters.contains(&self.settings.node_id) {
             return Ok(());
         }
-        if self.is_leader() {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([self.settings.node_id])), false)
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        }
-        Ok(())
+        // Through the leader, wherever it is.
+        self.remove_peer_via_leader(self.settings.node_id).await
     }
 
     pub async fn shutdown(&self) {
@@ -402,11 +425,27 @@ impl RaftNode {
                 }
             }
         };
-        let res: ForwardedWriteResult = self
-            .client
-            .post(&leader, "/raft/write", &ForwardedWrite { command: cmd }, FORWARD_TIMEOUT)
-            .await
-            .map_err(|e| ClusterError::Forward { leader: leader.clone(), reason: e.to_string() })?;
+        self.check_leader_contact(&leader)?;
+        let request = ForwardedWrite { command: cmd };
+        let forward = self.client.post::<_, ForwardedWriteResult>(
+            &leader,
+            "/raft/write",
+            &request,
+            COMMIT_TIMEOUT + Duration::from_secs(2),
+        );
+        // A leader that falls silent while the write is out answers nothing; say so early.
+        let silence = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Err(e) = self.check_leader_contact(&leader) {
+                    return e;
+                }
+            }
+        };
+        let res = tokio::select! {
+            r = forward => r.map_err(|e| ClusterError::Forward { leader: leader.clone(), reason: e.to_string() })?,
+            e = silence => return Err(e),
+        };
         // Read-your-writes on this agent: wait until the entry is applied here too.
         if tokio::time::timeout(FORWARD_TIMEOUT, self.catalog.wait_applied(res.index)).await.is_err() {
             return Err(ClusterError::Forward {
@@ -448,10 +487,14 @@ async fn propose_once(raft: &Raft, cmd: Command) -> ProposeResult {
 /// sees no extra wait; many share one fsync.
 async fn group_commit(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.0.approx_bytes();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.0.approx_bytes();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -514,6 +557,14 @@ impl Cluster for RaftNode {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+
+    fn raft_peers(&self) -> Vec<catalog::RaftPeer> {
+        self.configuration()
+    }
+
+    fn remove_peer(&self, id: u64) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(self.remove_peer_via_leader(id))
     }
 }
 

@@ -85,6 +85,14 @@ async fn join(State(node): State<Arc<RaftNode>>, Json(req): Json<JoinRequest>) -
     }
 }
 
+/// A server removal forwarded by a follower (`remove-peer`, a server's leave).
+async fn remove_peer(State(node): State<Arc<RaftNode>>, Json(id): Json<u64>) -> Response {
+    match node.remove_peer_here(id).await {
+        Ok(()) => Json(true).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 async fn info(State(node): State<Arc<RaftNode>>) -> Json<PeerInfo> {
     Json(node.peer_info().await)
 }
@@ -105,6 +113,7 @@ pub fn router(node: Arc<RaftNode>) -> Router {
         .route("/raft/write", post(forwarded_write))
         .route("/raft/read-index", post(read_index))
         .route("/raft/join", post(join))
+        .route("/raft/remove-peer", post(remove_peer))
         .route("/raft/hello", post(hello))
         .route("/raft/info", get(info))
         .layer(middleware::from_fn_with_state(node.clone(), require_key))

@@ -14,6 +14,11 @@ impl CatalogState {
         (self.nodes.values().cloned().collect(), self.index_of(T_NODES))
     }
 
+    /// Nodes whose meta `key` is `value`.
+    pub fn nodes_with_meta(&self, key: &str, value: &str) -> Vec<&Node> {
+        self.nodes.values().filter(|n| n.meta.get(key).is_some_and(|v| v == value)).collect()
+    }
+
     /// Service names with the union of their instances' tags (`/v1/catalog/services`).
     pub fn service_names(&self) -> (BTreeMap<String, Vec<String>>, u64) {
         let mut out = BTreeMap::new();

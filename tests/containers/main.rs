@@ -4,6 +4,9 @@
 //! with `-bootstrap-expect=3` and `-join`, DNS on port 53 answering `consul.service.consul`
 //! with every server, and recursing for other names).
 //!
+//! `cluster`: issue 14's cluster of three servers and two clients across containers, under
+//! kills, leaves, leader loss and a partition.
+//!
 //! Its own test binary, so cargo runs it alone: building the release image would otherwise
 //! load the machine under the timing-sensitive end-to-end tests.
 
@@ -11,6 +14,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod cluster;
+mod history;
+
+/// One container test at a time: each runs several agents whose timing it measures.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,6 +101,7 @@ impl Drop for Compose<'_> {
 /// door answers from one web container, then from three.
 #[test]
 fn seed_001_compose_up_and_scale_web_to_3() {
+    let _serial = serial();
     images();
     // The stand-in for yeasy/simple-web: the demo server on port 80.
     ok(
@@ -163,6 +176,7 @@ impl Drop for Hosts {
 /// `.consul` is answered through the recursor (a fourth wharf serving `.example`).
 #[test]
 fn seed_004_three_hosts_joined_dns_on_53_and_recursion() {
+    let _serial = serial();
     images();
     let tag = format!("{}", std::process::id());
     let subnet = "172.30.77";
