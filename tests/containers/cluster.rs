@@ -273,7 +273,7 @@ fn partition_a_follower(hosts: &Hosts, servers: &[(&str, u8)], all: &[(&str, u8)
     let refused_after = started.elapsed();
     assert!(!out.status.success(), "the cut-off follower took a write: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("No cluster leader: no contact with the leader"), "{err}");
+    assert!(err.contains("No cluster leader"), "{err}");
     assert!(refused_after < Duration::from_secs(15), "refused only after {refused_after:?}");
     println!("cut-off follower {cut} refused a write after {refused_after:?}: {}", err.trim());
     ok(&format!("curl -sf -X PUT -d y http://{}:8500/v1/kv/part/majority", ip(21)));

@@ -15,8 +15,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod bench_faults;
+mod bench_writes;
 mod cluster;
 mod history;
+mod large;
 
 /// One container test at a time: each runs several agents whose timing it measures.
 fn serial() -> std::sync::MutexGuard<'static, ()> {

@@ -231,4 +231,32 @@ async fn a_killed_client_is_noticed_and_a_leaving_one_is_gone() {
         member_status(&api, "client-2").await == Some(3)
     })
     .await;
+
+    // The leader removed the member that left from Raft; `operator raft` lists and removes.
+    let addr_of = |a: &Agent| format!("127.0.0.1:{}", a.raft_port);
+    let (c1, c2) = (addr_of(&clients[0]), addr_of(&clients[1]));
+    wait_for("client-2 out of the Raft configuration", Duration::from_secs(5), || async {
+        let peers = server.cli(&["operator", "raft", "list-peers"]);
+        !String::from_utf8_lossy(&peers.stdout).contains(&c2)
+    })
+    .await;
+    let peers = String::from_utf8_lossy(&server.cli(&["operator", "raft", "list-peers"]).stdout).to_string();
+    let rows: Vec<Vec<&str>> = peers.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"], "{peers}");
+    let row = |addr: &str| rows.iter().find(|r| r.get(2) == Some(&addr)).cloned();
+    assert_eq!(row(&addr_of(&server)).map(|r| (r[0], r[3], r[4])), Some(("server-1", "leader", "true")), "{peers}");
+    assert_eq!(row(&c1).map(|r| (r[0], r[3], r[4])), Some(("client-1", "non-voter", "false")), "{peers}");
+    let out = server.cli(&["operator", "raft", "remove-peer", &format!("-address={c1}")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("Removed peer with address {c1}"));
+    let (conf, _) = api.get_json("/v1/operator/raft/configuration").await;
+    let addrs: Vec<&str> =
+        conf["Servers"].as_array().into_iter().flatten().filter_map(|s| s["Address"].as_str()).collect();
+    assert_eq!(addrs, [addr_of(&server).as_str()], "{conf}");
+    let unknown = server.cli(&["operator", "raft", "remove-peer", "-address=10.9.9.9:8300"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"10.9.9.9:8300\" was not found in the Raft configuration"),
+        "{unknown:?}"
+    );
 }

@@ -106,6 +106,26 @@ impl PeerClient {
     }
 }
 
+/// The most bytes (estimated) one AppendEntries carries when it holds more than one entry:
+/// openraft gives an append one heartbeat interval, and a follower must receive, decode and
+/// fsync it in that time, or replication retries the same append for ever.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in `limit` bytes (at least one).
+fn entries_within(entries: &[openraft::Entry<TypeConfig>], limit: usize) -> usize {
+    let mut total = 0;
+    for (i, e) in entries.iter().enumerate() {
+        total += match &e.payload {
+            openraft::EntryPayload::Normal(cmd) => cmd.approx_bytes(),
+            _ => 256,
+        };
+        if total > limit {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
 /// openraft's network factory: one [`PeerConnection`] per target.
 #[derive(Clone)]
 pub struct Network {
@@ -163,6 +183,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let fit = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        if fit < rpc.entries.len() {
+            // openraft resends the first `fit` entries, and the rest in later appends.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
+        }
         let entries = rpc.entries.len() as u64;
         self.call("/raft/append", &rpc, &option, Some(entries)).await
     }

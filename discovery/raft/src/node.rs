@@ -61,9 +61,11 @@ type ProposeResult = Result<Result<Written, Option<String>>, ClusterError>;
 
 /// Most commands committed in one log entry.
 const MAX_BATCH: usize = 512;
-/// Most bytes (estimated) committed in one log entry: one entry must fit in one append
-/// request under the Raft port's body limit, with room to spare.
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Entries proposed and not yet committed, at most.
+const MAX_IN_FLIGHT: usize = 4;
+/// Most bytes (estimated) committed in one log entry: one entry must travel in one append
+/// within openraft's append timeout (one heartbeat interval).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// How long a write may wait to be committed. A leader cut off from the majority never
 /// commits; its clients get a clear error instead of waiting for ever.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,9 +88,6 @@ const HEARD_FRESH: Duration = Duration::from_secs(10);
 
 /// How long a forwarded write may take before the client is told.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
-/// A follower that has not heard from its leader for this long (several election
-/// timeouts) is cut off: it answers "no leader" at once instead of forwarding into the void.
-const LEADER_SILENCE: Duration = Duration::from_secs(3);
 
 fn forward_target(e: &ForwardToLeader<NodeId, Node>) -> Option<String> {
     e.leader_node.as_ref().map(|n| n.addr.clone())
@@ -104,13 +103,20 @@ impl RaftNode {
         let catalog = Catalog::new(sm.subscribe());
         let config = Config {
             cluster_name: "wharf".into(),
-            heartbeat_interval: 150,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            // openraft times every AppendEntries out after one heartbeat interval, and
+            // heartbeats travel behind appends: appends are cut to about 1 MiB
+            // (client::MAX_APPEND_BYTES), which fits well within it, and a follower waits
+            // several intervals before it calls an election.
+            heartbeat_interval: 400,
+            election_timeout_min: 1500,
+            election_timeout_max: 3000,
+            max_payload_entries: 64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold.max(1)),
-            max_in_snapshot_log_to_keep: 1000,
-            purge_batch_size: 256,
+            // A follower further behind than this catches up by snapshot (entries may be
+            // up to 1 MiB each: the log kept after a snapshot stays small).
+            max_in_snapshot_log_to_keep: 128,
+            purge_batch_size: 32,
             ..Default::default()
         }
         .validate()
@@ -147,18 +153,6 @@ impl RaftNode {
         &self.settings.raft_addr
     }
 
-    /// Refuses to forward to a leader this node has not heard from lately.
-    fn check_leader_contact(&self, leader: &str) -> Result<(), ClusterError> {
-        let silent = self.last_leader_contact.lock().ok().and_then(|t| t.map(|t| t.elapsed()));
-        match silent {
-            Some(d) if d > LEADER_SILENCE => Err(ClusterError::NoLeader(format!(
-                "no contact with the leader {leader} for {:.1}s: this server is cut off from it",
-                d.as_secs_f64()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
     /// Called by the Raft server on every append/snapshot from the leader.
     pub fn note_leader_contact(&self) {
         if let Ok(mut t) = self.last_leader_contact.lock() {
@@ -181,15 +175,26 @@ impl RaftNode {
     /// Proposes on this node through the group-commit loop; if it is not the leader, says
     /// where the leader is.
     async fn propose(&self, cmd: Command) -> ProposeResult {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.proposals.send((cmd, tx)).map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?;
-        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-            Ok(answer) => answer.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?,
-            Err(_) => Err(ClusterError::NoLeader(format!(
-                "the write was not committed within {}s: this server cannot reach a majority of the servers \
-                 (it may still be applied if the cluster recovers)",
-                COMMIT_TIMEOUT.as_secs()
-            ))),
+        // A write may wait behind others as long as commits go on; a leader that commits
+        // nothing for COMMIT_TIMEOUT (cut off from the majority) gives up.
+        let mut last = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        loop {
+            match tokio::time::timeout(COMMIT_TIMEOUT, &mut rx).await {
+                Ok(answer) => return answer.map_err(|_| ClusterError::Raft("raft node is shutting down".into()))?,
+                Err(_) => {
+                    let now = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+                    if now == last {
+                        return Err(ClusterError::NoLeader(format!(
+                            "nothing was committed for {}s: this server cannot reach a majority of the servers \
+                             (the write may still be applied if the cluster recovers)",
+                            COMMIT_TIMEOUT.as_secs()
+                        )));
+                    }
+                    last = now;
+                }
+            }
         }
     }
 
@@ -425,26 +430,23 @@ impl RaftNode {
                 }
             }
         };
-        self.check_leader_contact(&leader)?;
         let request = ForwardedWrite { command: cmd };
-        let forward = self.client.post::<_, ForwardedWriteResult>(
-            &leader,
-            "/raft/write",
-            &request,
-            COMMIT_TIMEOUT + Duration::from_secs(2),
-        );
-        // A leader that falls silent while the write is out answers nothing; say so early.
-        let silence = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Err(e) = self.check_leader_contact(&leader) {
-                    return e;
+        let forward = self.client.post::<_, ForwardedWriteResult>(&leader, "/raft/write", &request, FORWARD_TIMEOUT);
+        // Cut off from the leader, this node's election timer fires and it drops the leader
+        // (a request on a dead connection would otherwise wait for its timeout): say so then.
+        let lost = async {
+            let mut m = self.raft.metrics();
+            while self.leader_addr().as_deref() == Some(leader.as_str()) {
+                if m.changed().await.is_err() {
+                    break;
                 }
             }
         };
         let res = tokio::select! {
             r = forward => r.map_err(|e| ClusterError::Forward { leader: leader.clone(), reason: e.to_string() })?,
-            e = silence => return Err(e),
+            _ = lost => return Err(ClusterError::NoLeader(format!(
+                "this server lost contact with the leader {leader} while forwarding the write (it may still be applied)"
+            ))),
         };
         // Read-your-writes on this agent: wait until the entry is applied here too.
         if tokio::time::timeout(FORWARD_TIMEOUT, self.catalog.wait_applied(res.index)).await.is_err() {
@@ -482,11 +484,16 @@ async fn propose_once(raft: &Raft, cmd: Command) -> ProposeResult {
     }
 }
 
-/// Group commit: openraft flushes (fsyncs) every append before the next, so commands that
-/// arrive while one entry is being committed are gathered into the next entry. One client
-/// sees no extra wait; many share one fsync.
+/// Group commit: commands that arrive while earlier entries are being committed are
+/// gathered into the next entry, so many writers share one fsync; up to MAX_IN_FLIGHT
+/// entries are in flight at once (openraft pipelines their appends). Concurrent writers
+/// have no order between them, so entries may commit in any order; one writer waits for
+/// its answer before its next write.
 async fn group_commit(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // Wait for a slot first: commands that arrive meanwhile join this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut bytes = first.0.approx_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -498,35 +505,44 @@ async fn group_commit(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            for (cmd, reply) in batch {
-                let _ = reply.send(propose_once(&raft, cmd).await);
-            }
-            continue;
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes one batch as one log entry and answers each of its writers.
+async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
+    if batch.len() == 1 {
+        for (cmd, reply) in batch {
+            let _ = reply.send(propose_once(raft, cmd).await);
         }
-        let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<ProposeResult>>) = batch.into_iter().unzip();
-        let n = cmds.len();
-        match propose_once(&raft, Command::Batch(cmds)).await {
-            Ok(Ok(Written { index, outcome: Outcome::Batch(outcomes) })) if outcomes.len() == n => {
-                for (outcome, reply) in outcomes.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(Ok(Written { index, outcome })));
-                }
+        return;
+    }
+    let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<ProposeResult>>) = batch.into_iter().unzip();
+    let n = cmds.len();
+    match propose_once(raft, Command::Batch(cmds)).await {
+        Ok(Ok(Written { index, outcome: Outcome::Batch(outcomes) })) if outcomes.len() == n => {
+            for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                let _ = reply.send(Ok(Ok(Written { index, outcome })));
             }
-            Ok(Ok(other)) => {
-                for reply in replies {
-                    let _ = reply.send(Err(ClusterError::Raft(format!("batch of {n} answered {:?}", other.outcome))));
-                }
+        }
+        Ok(Ok(other)) => {
+            for reply in replies {
+                let _ = reply.send(Err(ClusterError::Raft(format!("batch of {n} answered {:?}", other.outcome))));
             }
-            Ok(Err(leader)) => {
-                for reply in replies {
-                    let _ = reply.send(Ok(Err(leader.clone())));
-                }
+        }
+        Ok(Err(leader)) => {
+            for reply in replies {
+                let _ = reply.send(Ok(Err(leader.clone())));
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(ClusterError::Raft(msg.clone())));
-                }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(ClusterError::Raft(msg.clone())));
             }
         }
     }

@@ -411,6 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        let data_len = data.len();
         let payload: SnapshotPayload = serde_json::from_slice(&data).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), io_err(format!("corrupt snapshot: {e}")))
         })?;
@@ -421,6 +422,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.publish();
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            bytes = data_len,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
