@@ -3,9 +3,10 @@
 //! the node that ties log store, state machine and network together and implements the
 //! catalog's [`catalog::Cluster`] write seam.
 //!
-//! Imports run one way: `types` ← `store`, `wire` ← `client` ← `node` ← `operator`, `server`.
+//! Imports run one way: `types` ← `store`, `wire` ← `client` ← `node` ← `operator`, `server`; `commit` (the group-commit loop) ← `node`.
 
 pub mod client;
+mod commit;
 pub mod node;
 pub mod operator;
 pub mod server;
