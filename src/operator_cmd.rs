@@ -56,13 +56,14 @@ pub async fn run(c: &Client, cmd: OperatorCmd) -> Result<()> {
             crate::cli::print_table(rows);
         }
         RaftCmd::RemovePeer { address, id } => {
-            let query = match (address, id) {
-                (Some(a), None) => format!("address={}", crate::cli::key_path(&a)),
-                (None, Some(i)) => format!("id={}", crate::cli::key_path(&i)),
+            let (what, value) = match (address, id) {
+                (Some(a), None) => ("address", a),
+                (None, Some(i)) => ("id", i),
                 _ => bail!("give exactly one of -address=IP:port or -id=ID"),
             };
+            let query = format!("{what}={}", crate::cli::key_path(&value));
             c.ok(reqwest::Method::DELETE, &format!("/v1/operator/raft/peer?{query}"), None).await?;
-            println!("Removed peer with {}", query.replacen('=', " ", 1));
+            println!("Removed peer with {what} {value}");
         }
     }
     Ok(())
