@@ -62,10 +62,8 @@ fn serf_status(at: u8, node: &str) -> Option<String> {
     v.as_array()?.iter().find(|c| c["CheckID"] == "serfHealth").and_then(|c| c["Status"].as_str().map(String::from))
 }
 
-#[test]
-#[ignore = "a benchmark: run it by name with --ignored"]
-fn bench_failure_detection_and_leader_failover() {
-    let _serial = crate::serial();
+/// Starts three servers and a client; returns them and their container names' suffix.
+fn start_cluster() -> (Hosts, String) {
     images();
     let tag = format!("b{}", std::process::id());
     let mut hosts = Hosts { network: format!("wharf-bench-{tag}"), names: Vec::new() };
@@ -114,7 +112,14 @@ fn bench_failure_detection_and_leader_failover() {
         );
     }
     report("failure detection (client kill -> serfHealth critical on the leader)", detection);
+}
 
+#[test]
+#[ignore = "a benchmark: run it by name with --ignored"]
+fn bench_leader_failover() {
+    let _serial = crate::serial();
+    let (_hosts, tag) = start_cluster();
+    let name = |h: &str| format!("{h}_{tag}");
     let mut failover = Vec::new();
     for round in 0..20 {
         let (old, old_last) = leader().expect("a leader");
