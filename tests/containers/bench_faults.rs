@@ -83,14 +83,21 @@ fn start_cluster() -> (Hosts, String) {
         ));
         hosts.names.push(name);
     }
-    let name = |h: &str| format!("{h}_{tag}");
     wait_for(
         "the client registered",
         Duration::from_secs(60),
         || serf_status(11, "b4").as_deref() == Some("passing"),
         String::new,
     );
+    (hosts, tag)
+}
 
+#[test]
+#[ignore = "a benchmark: run it by name with --ignored"]
+fn bench_failure_detection() {
+    let _serial = crate::serial();
+    let (_hosts, tag) = start_cluster();
+    let name = |h: &str| format!("{h}_{tag}");
     let mut detection = Vec::new();
     for _ in 0..20 {
         let (_, l) = leader().expect("a leader");
@@ -112,6 +119,14 @@ fn start_cluster() -> (Hosts, String) {
         );
     }
     report("failure detection (client kill -> serfHealth critical on the leader)", detection);
+}
+
+#[test]
+#[ignore = "a benchmark: run it by name with --ignored"]
+fn bench_leader_failover() {
+    let _serial = crate::serial();
+    let (_hosts, tag) = start_cluster();
+    let name = |h: &str| format!("{h}_{tag}");
 }
 
 #[test]
