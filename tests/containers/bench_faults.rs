@@ -127,14 +127,6 @@ fn bench_leader_failover() {
     let _serial = crate::serial();
     let (_hosts, tag) = start_cluster();
     let name = |h: &str| format!("{h}_{tag}");
-}
-
-#[test]
-#[ignore = "a benchmark: run it by name with --ignored"]
-fn bench_leader_failover() {
-    let _serial = crate::serial();
-    let (_hosts, tag) = start_cluster();
-    let name = |h: &str| format!("{h}_{tag}");
     let mut failover = Vec::new();
     for round in 0..20 {
         let (old, old_last) = leader().expect("a leader");
