@@ -91,10 +91,11 @@ impl RaftNode {
             // openraft times every AppendEntries out after one heartbeat interval, and
             // heartbeats travel behind appends: appends are cut to about 1 MiB
             // (client::MAX_APPEND_BYTES), which fits well within it, and a follower waits
-            // several intervals before it calls an election.
+            // several intervals before it calls an election. openraft's leader lease is
+            // election_timeout_max: a narrow window keeps the first election from being refused.
             heartbeat_interval: 400,
             election_timeout_min: 1500,
-            election_timeout_max: 3000,
+            election_timeout_max: 2000,
             max_payload_entries: 64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold.max(1)),
