@@ -588,7 +588,11 @@ async fn dedup_renders_once_and_fails_over() {
         read(&dir.path().join("a.txt")) == "two\n" && read(&dir.path().join("b.txt")) == "two\n"
     })
     .await;
-    assert!(read(&runs).lines().filter(|l| *l == "b").count() == 2, "b ran its own command: {}", read(&runs));
+    // Each renderer runs its command after it writes its file: wait for b's second run.
+    wait_for("b ran its own command after each render", Duration::from_secs(5), || async {
+        read(&runs).lines().filter(|l| *l == "b").count() == 2
+    })
+    .await;
 
     // The renderer stops (SIGTERM releases its lock): b takes over and renders.
     drop(a);
