@@ -17,20 +17,6 @@ fn ip(last: u8) -> String {
     format!("{SUBNET}.{last}")
 }
 
-struct Hosts {
-    network: String,
-    names: Vec<String>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = sh(&format!("docker rm -f {n}"));
-        }
-        let _ = sh(&format!("docker network rm {}", self.network));
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -63,11 +49,10 @@ fn serf_status(at: u8, node: &str) -> Option<String> {
 }
 
 /// Starts three servers and a client; returns them and their container names' suffix.
-fn start_cluster() -> (Hosts, String) {
+fn start_cluster() -> (crate::Net, String) {
     images();
     let tag = format!("b{}", std::process::id());
-    let mut hosts = Hosts { network: format!("wharf-bench-{tag}"), names: Vec::new() };
-    ok(&format!("docker network create --subnet {SUBNET}.0/24 {}", hosts.network));
+    let mut hosts = crate::Net::create("bench", tag.clone(), SUBNET);
     for (i, (h, last)) in NODES.iter().enumerate() {
         let role = match i {
             0 => "-server -bootstrap-expect=3",

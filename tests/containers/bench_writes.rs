@@ -8,24 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{images, ok, sh, wait_for};
+use crate::{images, ok, wait_for};
 
 const SUBNET: &str = "172.30.81";
 const SECONDS: u64 = 10;
-
-struct Hosts {
-    network: String,
-    names: Vec<String>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = sh(&format!("docker rm -f {n}"));
-        }
-        let _ = sh(&format!("docker network rm {}", self.network));
-    }
-}
 
 fn ip(last: u8) -> String {
     format!("{SUBNET}.{last}")
@@ -107,8 +93,7 @@ fn bench_durable_writes_against_etcd() {
     images();
     etcd_image();
     let tag = format!("w{}", std::process::id());
-    let mut hosts = Hosts { network: format!("wharf-benchw-{tag}"), names: Vec::new() };
-    ok(&format!("docker network create --subnet {SUBNET}.0/24 {}", hosts.network));
+    let mut hosts = crate::Net::create("benchw", tag.clone(), SUBNET);
     let wharf: Vec<String> = (11..=13).map(ip).collect();
     let etcd: Vec<String> = (21..=23).map(ip).collect();
     for (i, addr) in wharf.iter().enumerate() {

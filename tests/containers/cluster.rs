@@ -14,27 +14,7 @@ use crate::{curl, images, ok, sh, wait_for};
 
 const SUBNET: &str = "172.30.78";
 
-/// The containers and the network, removed when dropped.
-struct Hosts {
-    network: String,
-    tag: String,
-    names: Vec<String>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = sh(&format!("docker rm -f {n}"));
-        }
-        let _ = sh(&format!("docker network rm {}", self.network));
-    }
-}
-
-impl Hosts {
-    fn name(&self, host: &str) -> String {
-        format!("{host}_{}", self.tag)
-    }
-
+impl crate::Net {
     /// Starts a container with host name and network alias `host` at `ip`.
     fn run(&mut self, host: &str, ip: &str, image_and_args: &str) {
         let name = self.name(host);
@@ -43,16 +23,6 @@ impl Hosts {
             self.network
         ));
         self.names.push(name);
-    }
-
-    fn logs(&self) -> String {
-        self.names
-            .iter()
-            .map(|n| {
-                let out = sh(&format!("docker logs --tail 40 {n} 2>&1"));
-                format!("== {n}\n{}", String::from_utf8_lossy(&out.stdout))
-            })
-            .collect()
     }
 
     /// `wharf` run inside the container (its API on 127.0.0.1:8500 there).
@@ -115,8 +85,7 @@ fn seed_002_cluster_notices_kills_leaves_leader_loss_and_partitions() {
     let _serial = crate::serial();
     images();
     let tag = std::process::id().to_string();
-    let mut hosts = Hosts { network: format!("wharf-cluster-{tag}"), tag, names: Vec::new() };
-    ok(&format!("docker network create --subnet {SUBNET}.0/24 {}", hosts.network));
+    let mut hosts = crate::Net::create("cluster", tag, SUBNET);
     let servers = [("consul1", 11), ("consul2", 12), ("consul3", 13)];
     let clients = [("client1", 21), ("client2", 22)];
     let agent = "wharf:latest agent -data-dir=/data -client=0.0.0.0";
@@ -264,7 +233,7 @@ fn seed_002_cluster_notices_kills_leaves_leader_loss_and_partitions() {
 
 /// A follower cut off from the network refuses writes with a clear error and serves stale
 /// reads; the majority goes on; after healing every agent holds the same state.
-fn partition_a_follower(hosts: &Hosts, servers: &[(&str, u8)], all: &[(&str, u8)]) {
+fn partition_a_follower(hosts: &crate::Net, servers: &[(&str, u8)], all: &[(&str, u8)]) {
     let lead = leader(&ip(21)).expect("a leader");
     let (cut, cut_last) = *servers.iter().find(|(_, l)| lead != format!("{}:8300", ip(*l))).expect("a follower");
     ok(&format!("docker network disconnect {} {}", hosts.network, hosts.name(cut)));

@@ -26,41 +26,11 @@ const SUBNET: &str = "172.30.79";
 const KEYS: usize = 4;
 const CLIENTS: usize = 5;
 
-struct Hosts {
-    network: String,
-    tag: String,
-    names: Vec<String>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = sh(&format!("docker rm -f {n}"));
-        }
-        let _ = sh(&format!("docker network rm {}", self.network));
-    }
-}
-
 /// The agents: (host name, last byte of its address).
 const NODES: [(&str, u8); 5] = [("n1", 11), ("n2", 12), ("n3", 13), ("n4", 21), ("n5", 22)];
 
 fn ip(last: u8) -> String {
     format!("{SUBNET}.{last}")
-}
-
-impl Hosts {
-    fn name(&self, host: &str) -> String {
-        format!("{host}_{}", self.tag)
-    }
-
-    fn logs(&self) -> String {
-        self.names
-            .iter()
-            .map(|n| {
-                format!("== {n}\n{}", String::from_utf8_lossy(&sh(&format!("docker logs --tail 30 {n} 2>&1")).stdout))
-            })
-            .collect()
-    }
 }
 
 /// One HTTP request through curl: (status, body), or `None` when it got no answer.
@@ -160,7 +130,7 @@ fn client(id: usize, start: Instant, stop: Arc<AtomicBool>, out: mpsc::Sender<Ev
 }
 
 /// The current leader's host, if any agent knows it.
-fn leader(hosts: &Hosts) -> Option<(&'static str, u8)> {
+fn leader(hosts: &crate::Net) -> Option<(&'static str, u8)> {
     let _ = hosts;
     for (_, last) in NODES {
         if let Some((200, l)) = http("GET", &format!("http://{}:8500/v1/status/leader", ip(last)), None) {
@@ -174,7 +144,7 @@ fn leader(hosts: &Hosts) -> Option<(&'static str, u8)> {
 }
 
 /// One fault, injected and healed. Returns what it was.
-fn fault(hosts: &Hosts, k: u64) -> String {
+fn fault(hosts: &crate::Net, k: u64) -> String {
     let pick = |i: u64| NODES[(i as usize) % NODES.len()];
     let hold = Duration::from_millis(1200 + (k * 397) % 1500);
     match k % 5 {
@@ -228,8 +198,7 @@ fn kv_history_under_faults_is_linearizable() {
     images();
     let faults: u64 = std::env::var("WHARF_HISTORY_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let tag = format!("h{}", std::process::id());
-    let mut hosts = Hosts { network: format!("wharf-history-{tag}"), tag, names: Vec::new() };
-    ok(&format!("docker network create --subnet {SUBNET}.0/24 {}", hosts.network));
+    let mut hosts = crate::Net::create("history", tag, SUBNET);
     for (i, (h, last)) in NODES.iter().enumerate() {
         let role = match i {
             0 => "-server -bootstrap-expect=3",

@@ -14,20 +14,6 @@ const SUBNET: &str = "172.30.82";
 const VALUE_BYTES: usize = 512 * 1024;
 const SERVERS: [(&str, u8); 3] = [("l1", 11), ("l2", 12), ("l3", 13)];
 
-struct Hosts {
-    network: String,
-    names: Vec<String>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = sh(&format!("docker rm -f {n}"));
-        }
-        let _ = sh(&format!("docker network rm {}", self.network));
-    }
-}
-
 fn ip(last: u8) -> String {
     format!("{SUBNET}.{last}")
 }
@@ -60,8 +46,7 @@ fn large_writes_converge_without_a_leader_change_and_a_follower_catches_up() {
     images();
     let missed: usize = std::env::var("WHARF_LARGE_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let tag = format!("l{}", std::process::id());
-    let mut hosts = Hosts { network: format!("wharf-large-{tag}"), names: Vec::new() };
-    ok(&format!("docker network create --subnet {SUBNET}.0/24 {}", hosts.network));
+    let mut hosts = crate::Net::create("large", tag.clone(), SUBNET);
     let name = |h: &str| format!("{h}_{tag}");
     for (i, (h, last)) in SERVERS.iter().enumerate() {
         let role = if i == 0 { "-bootstrap-expect=3" } else { "-retry-join=l1" };

@@ -154,6 +154,47 @@ fn seed_001_compose_up_and_scale_web_to_3() {
     let _ = up.wait();
 }
 
+/// Containers on a private Docker network of their own, all removed (and the network)
+/// when dropped. Container names are `HOST_TAG`.
+struct Net {
+    network: String,
+    tag: String,
+    names: Vec<String>,
+}
+
+impl Net {
+    /// Creates the network `wharf-WHAT-TAG` on `SUBNET.0/24`.
+    fn create(what: &str, tag: String, subnet: &str) -> Net {
+        let network = format!("wharf-{what}-{tag}");
+        ok(&format!("docker network create --subnet {subnet}.0/24 {network}"));
+        Net { network, tag, names: Vec::new() }
+    }
+
+    /// The container name of `host` in this run.
+    fn name(&self, host: &str) -> String {
+        format!("{host}_{}", self.tag)
+    }
+
+    /// The last lines of every container's log, for a failure's message.
+    fn logs(&self) -> String {
+        self.names
+            .iter()
+            .map(|n| {
+                format!("== {n}\n{}", String::from_utf8_lossy(&sh(&format!("docker logs --tail 40 {n} 2>&1")).stdout))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = sh(&format!("docker rm -f {n}"));
+        }
+        let _ = sh(&format!("docker network rm {}", self.network));
+    }
+}
+
 /// Removes seed 004's containers and network when dropped.
 struct Hosts {
     network: String,
